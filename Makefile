@@ -1,0 +1,40 @@
+# bincli: `make demo` runs the pipeline on the embedded default (local backend);
+# `make test` runs the linter and the test suite. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+SHARED ?= ../shared
+DEMO_WORK ?= bincli-work
+
+.PHONY: demo test lint install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install only when the package definition changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	SHARED=$(SHARED) DEMO_WORK=$(DEMO_WORK) BIN=$(BIN) bash scripts/demo.sh
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench scripts
+
+test: $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-test
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(DEMO_WORK) .pytest_cache .ruff_cache

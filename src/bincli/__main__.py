@@ -1,0 +1,3 @@
+from bincli.cli import main
+
+main()

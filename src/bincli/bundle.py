@@ -1,0 +1,75 @@
+"""Ship the core to where bincli is not installed: SageMaker's containers.
+
+A bundle is a folder holding `bincli/__init__.py` (empty), `bincli/core/*.py` copied unchanged,
+and one-line entry scripts (`train.py`, `inference.py`) that import from it. The training job's
+source dir and the model's `code/` folder are both such bundles.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT, MODEL_INFO_FILE, TRAIN_SCRIPT, WEIGHTS_FILE
+from bincli.core.fileio import atomic_write_bytes
+
+CORE_DIR = Path(__file__).parent / "core"
+
+ENTRY_SCRIPTS = {
+    TRAIN_SCRIPT: (
+        '"""SageMaker training entry point: the bincli core, unchanged."""\n'
+        "from bincli.core.train import main\n\n"
+        'if __name__ == "__main__":\n'
+        "    main()\n"
+    ),
+    INFERENCE_SCRIPT: (
+        '"""SageMaker inference handler: the bincli core, unchanged."""\n'
+        "from bincli.core.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401\n"
+    ),
+}
+
+
+def write_core_bundle(dest: Path) -> Path:
+    """Write the bundle into `dest` (created; an existing bundle there is replaced)."""
+    dest = Path(dest)
+    pkg = dest / "bincli"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""bincli core only (shipped bundle)."""\n')
+    for src in sorted(CORE_DIR.glob("*.py")):
+        shutil.copy2(src, pkg / "core" / src.name)
+    for name, text in ENTRY_SCRIPTS.items():
+        (dest / name).write_text(text)
+    return dest
+
+
+def package_model(model_dir: Path, out_tar: Path) -> Path:
+    """model.tar.gz in SageMaker's layout: model.pth, model_info.json, code/ (a core bundle).
+
+    Written atomically: a reader never sees a half-written archive.
+    """
+    model_dir = Path(model_dir)
+    for required in (WEIGHTS_FILE, MODEL_INFO_FILE):
+        if not (model_dir / required).is_file():
+            raise FileNotFoundError(f"{model_dir / required} is missing; cannot package the model")
+    staging = Path(out_tar).parent / f".{Path(out_tar).name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    write_core_bundle(staging / CODE_DIR)
+    tmp_tar = Path(out_tar).parent / f".{Path(out_tar).name}.tmp"
+    try:
+        with tarfile.open(tmp_tar, "w:gz") as tar:
+            tar.add(model_dir / WEIGHTS_FILE, arcname=WEIGHTS_FILE)
+            tar.add(model_dir / MODEL_INFO_FILE, arcname=MODEL_INFO_FILE)
+            tar.add(staging / CODE_DIR, arcname=CODE_DIR, filter=_no_pycache)
+        atomic_write_bytes(out_tar, tmp_tar.read_bytes())
+    finally:
+        tmp_tar.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    return Path(out_tar)
+
+
+def _no_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info

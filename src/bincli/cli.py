@@ -1,0 +1,112 @@
+"""bincli's command line: a table of contents.
+
+Each command lives in bincli/commands/<name>.py, takes typed options, loads the config, calls
+one plain step function and renders its result. Nothing heavy (torch, boto3, sagemaker, optuna)
+is imported here or in the command modules at import time, so `bincli --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from bincli import __version__
+from bincli.commands import config as config_cmd
+from bincli.commands import download, serve, split, status, train, tune, upload
+from bincli.console import err, set_quiet
+from bincli.errors import BincliError, ConfigError
+
+
+class _ErrorFunnel(TyperGroup):
+    """One place that turns bincli's own errors into one line and an exit code.
+
+    Unknown errors propagate with their traceback (bugs should be loud); BINCLI_DEBUG=1 shows
+    the traceback of bincli's own errors too.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BincliError as exc:
+            if os.environ.get("BINCLI_DEBUG"):
+                raise
+            report_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+
+def report_error(exc: BincliError) -> None:
+    # Plain write, no rich markup: messages hold paths and values with brackets.
+    sys.stderr.write(f"error: {exc.message}\n")
+    if isinstance(exc, ConfigError):
+        for line in exc.lines if len(exc.lines) > 1 else []:
+            sys.stderr.write(f"  - {line}\n")
+    if exc.hint:
+        sys.stderr.write(f"hint: {exc.hint}\n")
+
+
+app = typer.Typer(
+    cls=_ErrorFunnel,
+    name="bincli",
+    help=(
+        "Count items in Amazon Bin Image Dataset photos: download, split, upload, tune, train, "
+        "deploy, predict, teardown. Runs on a laptop (backend: local) or on SageMaker.\n\n"
+        "Example: bincli split --ratios 0.8 0.1 0.1 && bincli train --epochs 3 && bincli deploy"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # never print credentials held in local variables
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bincli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    set_quiet(quiet)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# The pipeline, in the order it runs.
+app.command("download")(download.download)
+app.command("split")(split.split)
+app.command("upload")(upload.upload)
+app.command("tune")(tune.tune)
+app.command("train")(train.train)
+app.command("deploy")(serve.deploy)
+app.command("predict")(serve.predict)
+app.command("evaluate")(serve.evaluate)
+app.command("teardown")(serve.teardown)
+# Workspace and config.
+app.command("status")(status.status)
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    app(prog_name="bincli")
+
+
+if __name__ == "__main__":
+    main()

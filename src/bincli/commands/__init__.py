@@ -1,0 +1,1 @@
+"""Typer command functions, one module per group of steps. cli.py registers them."""

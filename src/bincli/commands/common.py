@@ -1,0 +1,49 @@
+"""Options every command shares, config loading from flags, and result output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bincli.config import FlagValue, LoadedConfig, load_config, parse_set_options
+from bincli.console import emit_json
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config. Default: $BINCLI_CONFIG, else configs/local.yaml.",
+                 show_default=False, dir_okay=False),
+]
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option("--workdir", "-w", help="Workspace folder. Default: the config's workdir (./bincli-work).",
+                 show_default=False, file_okay=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config key, e.g. --set train.lr=0.01 (repeatable).",
+                 show_default=False),
+]
+
+
+def load(config: Path | None, workdir: Path | None, sets: list[str] | None = None,
+         flags: Mapping[str, tuple[str, Any]] | None = None) -> LoadedConfig:
+    """Resolve the config for one command. `flags` maps dotted keys to (flag name, value)."""
+    overrides: dict[str, Any] = parse_set_options(sets)
+    for key, (flag, value) in (flags or {}).items():
+        if value is not None:
+            overrides[key] = FlagValue(flag, value)
+    if workdir is not None:
+        overrides["workdir"] = FlagValue("--workdir", workdir)
+    return load_config(config, overrides)
+
+
+def finish(result: Mapping[str, Any], json_out: bool, render: Callable[[Mapping[str, Any]], None] | None = None) -> None:
+    """Show a step's result: JSON on stdout with --json, else the human rendering on stderr."""
+    if json_out:
+        emit_json(result)
+    elif render is not None:
+        render(result)

@@ -1,0 +1,51 @@
+"""`bincli status`: what each step of the pipeline has produced in this workspace."""
+
+from __future__ import annotations
+
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.console import err
+from bincli.state import STEP_ORDER, State
+
+# The outputs worth a glance in the table, per step (the JSON has them all).
+_KEY_OUTPUTS = {
+    "download": ("images", "failed", "data_dir"),
+    "split": ("train", "valid", "test", "manifests_dir"),
+    "upload": ("uri",),
+    "tune": ("trials", "best_trial", "best_value"),
+    "train": ("model", "accuracy"),
+    "deploy": ("name", "url"),
+}
+
+
+def status(config: ConfigOpt = None, workdir: WorkdirOpt = None, json_out: JsonOpt = False,
+           sets: SetOpt = None) -> None:
+    """Show which steps are done in the workspace, when, and their key outputs.
+
+    Example: bincli status --json
+    """
+    cfg = load(config, workdir, sets).config
+    steps = State(cfg.workdir).read()["steps"]
+    rows = []
+    for name in STEP_ORDER:
+        record = steps.get(name)
+        rows.append({
+            "step": name,
+            "done": record is not None,
+            "finished_at": record["finished_at"] if record else None,
+            "outputs": record["outputs"] if record else {},
+        })
+    result = {"workdir": str(cfg.workdir), "steps": rows}
+
+    def render(_):
+        from rich.table import Table
+
+        table = Table(title=f"bincli workspace {cfg.workdir}")
+        for col in ("step", "status", "when", "outputs"):
+            table.add_column(col)
+        for row in rows:
+            shown = {k: row["outputs"][k] for k in _KEY_OUTPUTS.get(row["step"], ()) if k in row["outputs"]}
+            table.add_row(row["step"], "done" if row["done"] else "not run", row["finished_at"] or "",
+                          ", ".join(f"{k}={v}" for k, v in shown.items()))
+        err.print(table)
+
+    finish(result, json_out, render)

@@ -1,0 +1,363 @@
+"""The config: one pydantic model per step, loaded from YAML, with env and flag overrides.
+
+Precedence, lowest to highest (written once, here): defaults < YAML file < env < flags.
+  - YAML: `configs/local.yaml` by default, or `$BINCLI_CONFIG`, or `-c FILE`.
+  - env:  `BINCLI_<SECTION>__<KEY>=value` (e.g. `BINCLI_SPLIT__SEED=7`), `BINCLI_WORKDIR=...`;
+          values are parsed as YAML scalars, never eval'd.
+  - flags: each command's own flags, and `--set section.key=value`.
+
+Every error names where the bad value came from (file, env var or flag), the dotted key, and
+what is expected, e.g. `configs/x.yaml: split.ratios: must sum to 1.0, got 1.1`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bincli.core.classes import ClassSpec
+from bincli.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/local.yaml")
+ENV_CONFIG = "BINCLI_CONFIG"
+ENV_PREFIX = "BINCLI_"
+_ENV_NOT_OVERRIDES = {"BINCLI_CONFIG", "BINCLI_DEBUG"}
+
+
+# ---------------------------------------------------------------- value types
+def _check_classes(value: str) -> str:
+    return str(ClassSpec.parse(value))
+
+
+def _check_s3_uri(value: str) -> str:
+    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", value):
+        raise ValueError(f"must be an s3://bucket/prefix URI, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"must be an http(s):// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_name(value: str) -> str:
+    # SageMaker's endpoint/model name rule, so a local name also works on SageMaker.
+    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", value):
+        raise ValueError(f"must be 1-63 letters, digits or hyphens, not starting with a hyphen, got {value!r}")
+    return value
+
+
+Classes = Annotated[str, AfterValidator(_check_classes)]
+S3Uri = Annotated[str, AfterValidator(_check_s3_uri)]
+Url = Annotated[str, AfterValidator(_check_url)]
+ResourceName = Annotated[str, AfterValidator(_check_name)]
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- sections
+class DownloadConfig(Section):
+    bucket: str = "aft-vbi-pds"
+    endpoint_url: Url | None = None
+    file_list: Path | None = None
+    ids_file: Path | None = None
+    per_class: int | None = Field(None, gt=0)
+    classes: Classes = "1-5"
+    seed: int = 0
+    workers: int = Field(32, ge=1, le=512)
+    retries: int = Field(5, ge=0, le=20)
+    strict: bool = False
+
+
+class SplitConfig(Section):
+    input: Path | None = None
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 42
+    classes: Classes = "1-5"
+    max_per_class: int | None = Field(None, gt=0)
+    layout: Literal["manifest", "folders"] = "manifest"
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 or r >= 1 for r in ratios):
+            raise ValueError(f"each ratio must be in [0, 1), got {list(ratios)}")
+        if ratios[0] <= 0:
+            raise ValueError(f"the train ratio must be above 0, got {ratios[0]}")
+        if abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"must sum to 1.0, got {round(sum(ratios), 6)}")
+        return ratios
+
+
+class UploadConfig(Section):
+    s3_uri: S3Uri | None = None
+    endpoint_url: Url | None = None
+    workers: int = Field(16, ge=1, le=256)
+
+
+class TrainConfig(Section):
+    model: Arch = "resnet18"
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, lt=10)
+    image_size: int = Field(224, ge=32, le=1024)
+    pretrained: bool = False
+    weights_file: Path | None = None
+    freeze: Literal["none", "backbone", "layer1", "layer2", "layer3", "layer4"] = "none"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    patience: int = Field(0, ge=0)
+    workers: int = Field(2, ge=0, le=64)
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    seed: int = 0
+    cache: bool = True
+
+
+class TuneConfig(Section):
+    max_jobs: int = Field(8, ge=1, le=500)
+    max_parallel: int = Field(1, ge=1, le=100)
+    epochs: int = Field(3, ge=1, le=1000)
+    objective: Literal["valid_loss", "valid_acc"] = "valid_loss"
+    seed: int = 0
+
+
+class DeployConfig(Section):
+    name: ResourceName = "bincli-local"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model: Path | None = None
+    threads: int = Field(4, ge=1, le=64)
+
+
+class PredictConfig(Section):
+    endpoint: ResourceName | None = None
+    timeout: float = Field(30.0, gt=0)
+    concurrency: int = Field(8, ge=1, le=256)
+
+
+class SageMakerConfig(Section):
+    region: str | None = None
+    role_arn: str | None = None
+    train_instance_type: str = "ml.g4dn.xlarge"
+    train_instance_count: int = Field(1, ge=1, le=100)
+    spot: bool = True
+    deploy_instance_type: str = "ml.m5.large"
+
+
+class Config(Section):
+    workdir: Path = Path("bincli-work")
+    backend: Literal["local", "sagemaker"] = "local"
+    download: DownloadConfig = DownloadConfig()
+    split: SplitConfig = SplitConfig()
+    upload: UploadConfig = UploadConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    deploy: DeployConfig = DeployConfig()
+    predict: PredictConfig = PredictConfig()
+    sagemaker: SageMakerConfig = SageMakerConfig()
+
+
+STEPS = ("download", "split", "upload", "train", "tune", "deploy", "predict", "sagemaker")
+
+
+# ---------------------------------------------------------------- loading
+class LoadedConfig:
+    """The resolved config plus where each key's value came from (for `config show`)."""
+
+    def __init__(self, config: Config, path: Path | None, sources: dict[str, str]):
+        self.config = config
+        self.path = path
+        self.sources = sources
+
+    def source_of(self, dotted: str) -> str:
+        return self.sources.get(dotted, "default")
+
+
+def resolve_config_path(cli_path: Path | None, env: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
+    """Which YAML to read: -c FILE, else $BINCLI_CONFIG, else configs/local.yaml if present.
+
+    Returns (path, explicit); a missing explicit file is an error, a missing default is not
+    (the built-in defaults are the same as configs/local.yaml).
+    """
+    env = os.environ if env is None else env
+    if cli_path is not None:
+        return cli_path, True
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG]), True
+    return (DEFAULT_CONFIG, False) if DEFAULT_CONFIG.is_file() else (None, False)
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Load and validate. `overrides` maps dotted keys to flag values; None values are ignored."""
+    env = os.environ if env is None else env
+    cfg_path, _ = resolve_config_path(path, env)
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if cfg_path is not None:
+        raw = _read_yaml(cfg_path)
+        for key in _leaf_keys(raw):
+            sources[key] = str(cfg_path)
+    for key, (value, var) in _env_overrides(env).items():
+        _set_dotted(raw, key, value)
+        sources[key] = f"env {var}"
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _set_dotted(raw, key, value.flag_value if isinstance(value, FlagValue) else value)
+        sources[key] = f"flag {value.flag}" if isinstance(value, FlagValue) else "flag"
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(err, sources, cfg_path) for err in exc.errors()]
+        raise ConfigError(lines[0] if len(lines) == 1 else f"{len(lines)} problems in the config", lines) from None
+    return LoadedConfig(config, cfg_path, sources)
+
+
+class FlagValue:
+    """A flag's value tagged with the flag's name, so errors can say `--ratios: ...`."""
+
+    def __init__(self, flag: str, flag_value: Any):
+        self.flag = flag
+        self.flag_value = flag_value
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """`--set train.lr=0.01` -> {"train.lr": 0.01}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.01")
+        out[key.strip()] = FlagValue("--set", _yaml_scalar(value.strip()))
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found", hint="pass -c FILE or set BINCLI_CONFIG")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (download:, split:, ...), got {type(data).__name__}")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    out = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var in _ENV_NOT_OVERRIDES:
+            continue
+        key = ".".join(part.lower() for part in var[len(ENV_PREFIX):].split("__"))
+        top = key.split(".")[0]
+        if top in Config.model_fields:  # ignore unrelated BINCLI_* variables
+            out[key] = (_yaml_scalar(value), var)
+    return out
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _leaf_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys.extend(_leaf_keys(value, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at loc[:-1], for did-you-mean suggestions."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _format_error(err: Mapping[str, Any], sources: dict[str, str], cfg_path: Path | None) -> str:
+    loc = tuple(err["loc"])
+    # Errors on an element of a list/tuple (ratios.1) belong to the field (ratios).
+    field_loc = tuple(p for p in loc if isinstance(p, str))
+    dotted = ".".join(field_loc)
+    source = sources.get(dotted) or _nearest_source(dotted, sources) or (str(cfg_path) if cfg_path else "defaults")
+    if source.startswith("flag "):
+        source = source[5:]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(field_loc)
+        valid = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(field_loc[-1], valid, n=1)
+        msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}")
+    elif err["type"] in {"literal_error", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                         "int_parsing", "float_parsing", "bool_parsing", "int_from_float"}:
+        msg = f"{msg}, got {err.get('input')!r}"
+    return f"{source}: {dotted}: {msg}"
+
+
+def _nearest_source(dotted: str, sources: dict[str, str]) -> str | None:
+    # A nested key's error (train.lr) may come from a parent set as a whole (train: {...}).
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) in sources:
+            return sources[".".join(parts[:i])]
+    children = [s for k, s in sources.items() if k.startswith(dotted + ".")]
+    return children[0] if children else None
+
+
+def flatten(config: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Leaf values of a config by dotted key (for `config show` and state snapshots)."""
+    out: dict[str, Any] = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out

@@ -1,0 +1,71 @@
+"""Names shared by training, tuning, packaging and serving: defined once, imported everywhere.
+
+Stdlib only, so the CLI can import it without torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ---- files in the model dir / model.tar.gz (SageMaker layout)
+WEIGHTS_FILE = "model.pth"          # state_dict, loaded with torch.load(weights_only=True)
+MODEL_INFO_FILE = "model_info.json"  # arch, classes, image_size, mean, std, metrics
+CODE_DIR = "code"                    # code/inference.py + the core package it imports
+INFERENCE_SCRIPT = "inference.py"
+TRAIN_SCRIPT = "train.py"
+
+# ---- inference content types
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_CONTENT_TYPE = "application/json"
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker real-time endpoint limit (6 MB)
+
+# ---- normalisation (ImageNet statistics: torchvision's pretrained weights expect them)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ---- hyperparameters: the entry point's flags, also the tuner's parameter names.
+# SageMaker passes them as `--name value`; names use hyphens like the SageMaker examples.
+HYPERPARAMETERS = (
+    "model", "epochs", "batch-size", "lr", "image-size", "pretrained", "weights-file", "freeze",
+    "optimizer", "scheduler", "warmup-epochs", "weight-decay", "label-smoothing", "patience",
+    "workers", "seed", "cache", "classes",
+)
+
+
+def hyperparameter_name(config_key: str) -> str:
+    """train config key (batch_size) -> entry-point flag name (batch-size)."""
+    return config_key.replace("_", "-")
+
+
+# ---- the per-epoch metric line, printed by the entry point and parsed by the tuner/SageMaker.
+# Example: "epoch=3 train_loss=1.2345 train_acc=0.4100 valid_loss=1.3012 valid_acc=0.3900 lr=0.000900"
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
+
+
+def format_epoch_line(epoch: int, metrics: dict[str, float]) -> str:
+    parts = [f"epoch={epoch}"] + [f"{name}={metrics[name]:.6f}" for name in EPOCH_METRICS if name in metrics]
+    return " ".join(parts)
+
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+# SageMaker metric_definitions: one regex per metric, the first group is the value.
+METRIC_REGEX = {name: rf"{name}={_NUMBER}" for name in EPOCH_METRICS}
+EPOCH_LINE = re.compile(rf"^epoch=(\d+)((?: [a-z_]+={_NUMBER})+)\s*$")
+
+
+def parse_epoch_line(line: str) -> dict[str, float] | None:
+    """The metrics of one epoch line (with 'epoch'), or None if the line is something else."""
+    m = EPOCH_LINE.match(line.strip())
+    if not m:
+        return None
+    out: dict[str, float] = {"epoch": int(m.group(1))}
+    for name, pattern in METRIC_REGEX.items():
+        found = re.search(pattern, line)
+        if found:
+            out[name] = float(found.group(1))
+    return out
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """SageMaker's metric_definitions for training and tuning jobs."""
+    return [{"Name": name, "Regex": regex} for name, regex in METRIC_REGEX.items()]

@@ -1,0 +1,41 @@
+"""Image transforms: ONE train preset and ONE eval preset.
+
+Training, evaluation, the inference handler, the local server and `predict --model` all take
+their transforms from here, so what the model sees in production is what it saw in validation.
+Both presets accept a PIL image or a uint8 CHW tensor (torchvision.io.decode_jpeg output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from .contract import IMAGENET_MEAN, IMAGENET_STD
+
+
+def eval_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Resize the whole bin to image_size x image_size (no crop: items sit near the edges)."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ])
+
+
+def train_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Mild augmentation: a crop that keeps most of the bin (cutting items off changes the count),
+    flips, and colour jitter (bin photos are dark and vary in exposure)."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop((image_size, image_size), scale=(0.8, 1.0), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ])

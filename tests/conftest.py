@@ -1,0 +1,36 @@
+"""Shared fixtures. Every test starts with no AWS_* or BINCLI_* variables from the caller."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BINCLI_SHARED", ROOT.parent / "shared"))
+ABID_SAMPLE = SHARED / "abid-sample"
+ABID_MIRROR = SHARED / "tools" / "abid_mirror.py"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in list(os.environ):
+        if var.startswith(("AWS_", "BINCLI_")):
+            monkeypatch.delenv(var)
+    # Never let a test reach a real AWS endpoint or the EC2 metadata address.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def abid_sample() -> Path:
+    if not (ABID_SAMPLE / "images").is_dir():
+        pytest.skip(f"ABID sample not found at {ABID_SAMPLE}")
+    return ABID_SAMPLE
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run from a temp dir (no configs/local.yaml there: built-in defaults apply)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
