@@ -41,7 +41,8 @@ def load(config: Path | None, workdir: Path | None, sets: list[str] | None = Non
     return load_config(config, overrides)
 
 
-def finish(result: Mapping[str, Any], json_out: bool, render: Callable[[Mapping[str, Any]], None] | None = None) -> None:
+def finish(result: Mapping[str, Any], json_out: bool,
+           render: Callable[[Mapping[str, Any]], None] | None = None) -> None:
     """Show a step's result: JSON on stdout with --json, else the human rendering on stderr."""
     if json_out:
         emit_json(result)
