@@ -82,11 +82,11 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     set_quiet(quiet)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Third-party libraries log at WARNING; bincli's own loggers at INFO (DEBUG with -v).
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("bincli").setLevel(
+        logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO))
 
 
 # The pipeline, in the order it runs.

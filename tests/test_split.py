@@ -1,0 +1,170 @@
+"""`bincli split`: stratified, deterministic, leak-free, and honest about what it leaves out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bincli.cli import app
+from bincli.config import SplitConfig
+from bincli.data.split import run_split
+from bincli.errors import DataError, StateError
+from bincli.state import State
+from helpers import make_abid_folder, make_bin_image, write_metadata
+
+runner = CliRunner()
+
+
+def _rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    make_abid_folder(root, {0: 3, 1: 21, 2: 13, 3: 10, 4: 7, 5: 5, 7: 4})
+    return root
+
+
+def test_ratios_per_class_within_one_image_and_no_leaks(data, tmp_path):
+    out = run_split(SplitConfig(input=data, ratios=(0.7, 0.2, 0.1), classes="1-5"), tmp_path / "w")
+    rows = {s: _rows(out["manifests"][s]) for s in ("train", "valid", "test")}
+    per_class = {c: n for c, n in {1: 21, 2: 13, 3: 10, 4: 7, 5: 5}.items()}
+    for count, n in per_class.items():
+        for split, ratio in zip(("train", "valid", "test"), (0.7, 0.2, 0.1), strict=True):
+            got = sum(1 for r in rows[split] if int(r["count"]) == count)
+            assert abs(got - n * ratio) < 1, (count, split, got)
+    ids = [r["id"] for split in rows.values() for r in split]
+    assert len(ids) == len(set(ids)) == sum(per_class.values())
+    assert {int(r["count"]) for split in rows.values() for r in split} == {1, 2, 3, 4, 5}
+    assert out["outside_classes"] == 7  # 3 empty bins + 4 bins of 7
+
+
+def test_manifest_format_paths_and_zero_padded_ids(data, tmp_path):
+    out = run_split(SplitConfig(input=data), tmp_path / "w")
+    text = Path(out["manifests"]["train"]).read_text()
+    assert text.splitlines()[0] == "id,path,count"
+    row = _rows(out["manifests"]["train"])[0]
+    assert len(row["id"]) == 5 and row["id"].startswith("0")
+    assert row["path"] == f"images/{row['id']}.jpg" and (data / row["path"]).is_file()
+
+
+def test_same_inputs_and_seed_give_identical_bytes(data, tmp_path):
+    a = run_split(SplitConfig(input=data, seed=5), tmp_path / "a")
+    b = run_split(SplitConfig(input=data, seed=5), tmp_path / "b")
+    c = run_split(SplitConfig(input=data, seed=6), tmp_path / "c")
+    for s in ("train", "valid", "test"):
+        assert Path(a["manifests"][s]).read_bytes() == Path(b["manifests"][s]).read_bytes()
+    assert Path(a["manifests"]["train"]).read_bytes() != Path(c["manifests"]["train"]).read_bytes()
+
+
+def test_rerun_in_same_workdir_is_safe_and_identical(data, tmp_path):
+    first = run_split(SplitConfig(input=data, layout="folders"), tmp_path / "w")
+    before = Path(first["manifests"]["valid"]).read_bytes()
+    second = run_split(SplitConfig(input=data, layout="folders"), tmp_path / "w")
+    assert Path(second["manifests"]["valid"]).read_bytes() == before
+    assert not list((tmp_path / "w" / "splits").glob(".*"))  # no temp files left behind
+
+
+def test_open_top_class_buckets_large_counts(data, tmp_path):
+    out = run_split(SplitConfig(input=data, classes="0-5+"), tmp_path / "w")
+    counts = [int(r["count"]) for s in ("train", "valid", "test") for r in _rows(out["manifests"][s])]
+    assert counts.count(5) == 5 + 4  # the four 7-item bins land in class 5+
+    assert counts.count(0) == 3 and out["outside_classes"] == 0
+    assert [row["class"] for row in out["table"]][-1] == "5+"
+
+
+def test_max_per_class_caps_each_class(data, tmp_path):
+    out = run_split(SplitConfig(input=data, max_per_class=6), tmp_path / "w")
+    total = {row["class"]: row["train"] + row["valid"] + row["test"] for row in out["table"]}
+    assert total == {"1": 6, "2": 6, "3": 6, "4": 6, "5": 5}
+
+
+def test_corrupt_truncated_non_jpeg_and_duplicates_are_reported(data, tmp_path):
+    images = data / "images"
+    truncated = images / "00010.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    (images / "00011.jpg").write_bytes(b"this is not an image")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(images / "00012.jpg", format="PNG")  # a PNG named .jpg
+    shutil.copy(images / "00004.jpg", images / "00099.jpg")  # same bytes as 00004
+    write_metadata(data / "metadata" / "00099.json", 1)
+    (data / "metadata" / "00013.json").write_text("{not json")
+    make_bin_image(images / "00500.jpg", 2)  # image without metadata
+    write_metadata(data / "metadata" / "00501.json", 2)  # metadata without image
+
+    out = run_split(SplitConfig(input=data), tmp_path / "w")
+    reasons = {r["id"]: r["reason"] for r in out["rejected_ids"]}
+    assert reasons["00010"].startswith("corrupt image")
+    assert reasons["00011"] == "not an image"
+    assert reasons["00012"] == "not a JPEG (PNG)"
+    assert reasons["00099"] == "duplicate of 00004"
+    assert reasons["00013"].startswith("unreadable metadata")
+    assert reasons["00500"] == "image without metadata"
+    assert reasons["00501"] == "metadata without image"
+    listed = {r["id"] for s in ("train", "valid", "test") for r in _rows(out["manifests"][s])}
+    assert not listed & set(reasons)
+    report = json.loads(Path(out["report"]).read_text())
+    assert {r["id"] for r in report["rejected"]} == set(reasons)
+
+
+def test_folder_layout_uses_hard_links(data, tmp_path):
+    out = run_split(SplitConfig(input=data, layout="folders"), tmp_path / "w")
+    row = _rows(out["manifests"]["train"])[0]
+    linked = Path(out["folders"]) / "train" / row["count"] / f"{row['id']}.jpg"
+    assert linked.stat().st_ino == (data / row["path"]).stat().st_ino
+
+
+def test_state_records_outputs_and_reads_download(data, tmp_path):
+    work = tmp_path / "w"
+    with pytest.raises(StateError, match="run 'bincli download' first"):
+        run_split(SplitConfig(), work)
+    State(work).record("download", {"data_dir": str(data)})
+    out = run_split(SplitConfig(), work)
+    record = State(work).step("split")
+    assert record["outputs"]["manifests"] == out["manifests"]
+    assert record["outputs"]["data_root"] == str(data.resolve())
+    assert record["config"]["ratios"] == [0.8, 0.1, 0.1]
+
+
+def test_no_usable_class_is_a_clear_error(data, tmp_path):
+    with pytest.raises(DataError, match="no image with a count in classes 10-12"):
+        run_split(SplitConfig(input=data, classes="10-12"), tmp_path / "w")
+
+
+def test_cli_split_json_and_table(data, tmp_path, in_tmp):
+    result = runner.invoke(app, ["split", "-w", str(tmp_path / "w"), "--input", str(data),
+                                 "--ratios", "0.8", "0.1", "0.1", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["train"] + out["valid"] + out["test"] == 56
+    assert State(tmp_path / "w").step("split")["config"]["seed"] == 3
+
+
+def test_cli_bad_ratios_exit_2_with_one_line(data, tmp_path, in_tmp):
+    result = runner.invoke(app, ["split", "-w", str(tmp_path / "w"), "--input", str(data),
+                                 "--ratios", "0.8", "0.1", "0.2"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --ratios: split.ratios: must sum to 1.0, got 1.1"
+    assert not (tmp_path / "w" / "splits").exists()
+
+
+def test_cli_missing_input_folder(tmp_path, in_tmp):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["split", "-w", str(tmp_path / "w"), "--input", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "expected an ABID folder with images/ and metadata/" in result.stderr
+
+
+def test_abid_sample_split(abid_sample, tmp_path):
+    out = run_split(SplitConfig(input=abid_sample, classes="1-5"), tmp_path / "w")
+    assert (out["train"], out["valid"], out["test"]) == (1025, 130, 125)
+    assert out["rejected"] == 0
+    assert out["outside_classes"] == 59 + 134
