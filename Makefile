@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	SHARED=$(SHARED) DEMO_WORK=$(DEMO_WORK) BIN=$(BIN) bash scripts/demo.sh
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff check .
 
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest
