@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from bincli.core.classes import ClassSpec
 from bincli.errors import ConfigError
@@ -67,11 +67,20 @@ class Section(BaseModel):
 
 
 # ---------------------------------------------------------------- sections
+def _check_ids(value: Any) -> Any:
+    # ABID ids are strings: YAML reads `- 00002` as the int 2 and loses the key, so say how to fix it.
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, str):
+            raise ValueError(f"ids are strings, got {item!r}; quote each one, e.g. ['00002', '100313']")
+    return value
+
+
 class DownloadConfig(Section):
     bucket: str = "aft-vbi-pds"
     endpoint_url: Url | None = None
     file_list: Path | None = None
     ids_file: Path | None = None
+    ids: Annotated[list[str] | None, BeforeValidator(_check_ids)] = None
     per_class: int | None = Field(None, gt=0)
     classes: Classes = "1-5"
     seed: int = 0
@@ -125,6 +134,33 @@ class TrainConfig(Section):
     nproc_per_node: int = Field(1, ge=1, le=64)
     seed: int = 0
     cache: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class FloatRange(Section):
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = False
+
+    @field_validator("high")
+    @classmethod
+    def _high_above_low(cls, high: float, info) -> float:
+        low = info.data.get("low")
+        if low is not None and high <= low:
+            raise ValueError(f"high must be above low ({low}), got {high}")
+        return high
+
+
+class SearchSpace(Section):
+    """What the tuner varies; null = not searched (the train section's value is used).
+    A training flag given to `bincli tune` fixes that hyperparameter for every trial."""
+
+    lr: FloatRange | None = FloatRange(low=1e-4, high=1e-2, log=True)
+    weight_decay: FloatRange | None = FloatRange(low=1e-6, high=1e-2, log=True)
+    batch_size: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(default_factory=lambda: [16, 32, 64])
+    label_smoothing: FloatRange | None = None
+    optimizer: list[Literal["adamw", "sgd"]] | None = None
+    freeze: list[Literal["none", "backbone", "layer1", "layer2", "layer3", "layer4"]] | None = None
 
 
 class TuneConfig(Section):
@@ -133,6 +169,7 @@ class TuneConfig(Section):
     epochs: int = Field(3, ge=1, le=1000)
     objective: Literal["valid_loss", "valid_acc"] = "valid_loss"
     seed: int = 0
+    search_space: SearchSpace = SearchSpace()
 
 
 class DeployConfig(Section):
@@ -141,10 +178,12 @@ class DeployConfig(Section):
     port: int = Field(8080, ge=0, le=65535)
     model: Path | None = None
     threads: int = Field(4, ge=1, le=64)
+    startup_timeout: float = Field(120.0, gt=0)
 
 
 class PredictConfig(Section):
     endpoint: ResourceName | None = None
+    endpoint_url: Url | None = None
     timeout: float = Field(30.0, gt=0)
     concurrency: int = Field(8, ge=1, le=256)
 

@@ -1,9 +1,58 @@
-"""`bincli upload` (not built yet)."""
+"""`bincli upload`: the split, as SageMaker training channels, to S3 (or recorded in place)."""
 
-from bincli.commands.common import ConfigOpt, JsonOpt, WorkdirOpt
-from bincli.errors import BincliError
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.console import err
 
 
-def upload(config: ConfigOpt = None, workdir: WorkdirOpt = None, json_out: JsonOpt = False) -> None:
-    """upload (not built yet)."""
-    raise BincliError("upload is not built yet")
+def upload(
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: JsonOpt = False,
+    sets: SetOpt = None,
+    s3_uri: Annotated[str | None, typer.Option(
+        "--s3-uri", help="Where the channels go: s3://bucket/prefix (default: none = local backend, no-op).",
+        show_default=False)] = None,
+    endpoint_url: Annotated[str | None, typer.Option(
+        "--endpoint-url", help="S3-compatible server instead of AWS (default: boto3's, e.g. AWS_ENDPOINT_URL).",
+        show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Concurrent uploads (default 16).",
+                                                show_default=False)] = None,
+) -> None:
+    """Upload the split to s3://bucket/prefix/{train,valid,test}/ for SageMaker channels.
+
+    Each channel holds its manifest (train/train.csv) and its images (train/images/<id>.jpg).
+    Incremental: objects already there with the same size and checksum are skipped. With the
+    local backend and no --s3-uri nothing moves: the local channel folders are recorded.
+
+    Example: bincli upload --s3-uri s3://my-bucket/abid --endpoint-url http://127.0.0.1:5000
+    """
+    loaded = load(config, workdir, sets, {
+        "upload.s3_uri": ("--s3-uri", s3_uri), "upload.endpoint_url": ("--endpoint-url", endpoint_url),
+        "upload.workers": ("--workers", workers),
+    })
+    from bincli.data.upload import run_upload
+
+    cfg = loaded.config
+    result = run_upload(cfg.upload, cfg.workdir, backend=cfg.backend, region=cfg.sagemaker.region)
+    finish(result, json_out, _render)
+
+
+def _render(result: dict[str, Any]) -> None:
+    from bincli.data.progress import human_bytes
+
+    if result["backend"] == "local":
+        err.print(f"local backend: nothing to upload; channels are the local folder {result['uri']}", markup=False)
+        return
+    err.print(f"{result['uri']}: uploaded {result['uploaded']} of {result['objects']} object(s) "
+              f"({human_bytes(result['bytes'])}), {result['skipped']} already there, in {result['seconds']:.1f} s",
+              markup=False)
+    for name, uri in result["channels"].items():
+        err.print(f"  {name:<5} {uri}", markup=False)
+    if result["extra"]:
+        err.print(f"  ({result['extra']} other object(s) under the prefix were left alone)", markup=False)

@@ -14,6 +14,14 @@ CODE_DIR = "code"                    # code/inference.py + the core package it i
 INFERENCE_SCRIPT = "inference.py"
 TRAIN_SCRIPT = "train.py"
 
+# ---- files the training entry point writes
+CHECKPOINT_LAST = "last.pt"          # checkpoint dir: the latest state (resume from here)
+CHECKPOINT_BEST = "best.pt"          # checkpoint dir: the state with the best valid loss
+METRICS_FILE = "metrics.json"        # output dir: valid/test/baseline metrics + per-epoch history
+HISTORY_FILE = "history.jsonl"       # output dir: one JSON row per epoch, appended as epochs finish
+CONFUSION_PNG = "confusion-matrix.png"  # output dir and report/: the confusion matrix
+CURVES_PNG = "learning-curves.png"      # output dir and report/: loss and accuracy per epoch
+
 # ---- inference content types
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_CONTENT_TYPE = "application/json"
@@ -38,8 +46,11 @@ def hyperparameter_name(config_key: str) -> str:
 
 
 # ---- the per-epoch metric line, printed by the entry point and parsed by the tuner/SageMaker.
-# Example: "epoch=3 train_loss=1.2345 train_acc=0.4100 valid_loss=1.3012 valid_acc=0.3900 lr=0.000900"
-EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
+# Example: "epoch=3 train_loss=1.234500 train_acc=0.410000 valid_loss=1.301200 valid_acc=0.390000
+#           valid_rmse=0.912000 valid_mae=0.700000 lr=0.000900 train_img_s=35.200000" (one line)
+# Epochs count from 1. valid_* are absent when there is no valid channel.
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "valid_rmse", "valid_mae", "lr",
+                 "train_img_s")
 
 
 def format_epoch_line(epoch: int, metrics: dict[str, float]) -> str:
@@ -49,7 +60,8 @@ def format_epoch_line(epoch: int, metrics: dict[str, float]) -> str:
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # SageMaker metric_definitions: one regex per metric, the first group is the value.
-METRIC_REGEX = {name: rf"{name}={_NUMBER}" for name in EPOCH_METRICS}
+# \b keeps `lr=` from matching inside another name; progress lines use other names (step_loss...).
+METRIC_REGEX = {name: rf"\b{name}={_NUMBER}" for name in EPOCH_METRICS}
 EPOCH_LINE = re.compile(rf"^epoch=(\d+)((?: [a-z_]+={_NUMBER})+)\s*$")
 
 
@@ -69,3 +81,22 @@ def parse_epoch_line(line: str) -> dict[str, float] | None:
 def metric_definitions() -> list[dict[str, str]]:
     """SageMaker's metric_definitions for training and tuning jobs."""
     return [{"Name": name, "Regex": regex} for name, regex in METRIC_REGEX.items()]
+
+
+# ---- progress within an epoch (for live progress bars; not metrics: SageMaker's regexes skip them).
+# Example: "progress epoch=2 step=13/50 step_loss=1.234500 step_acc=0.410000 step_img_s=35.2"
+PROGRESS_LINE = re.compile(rf"^progress epoch=(\d+) step=(\d+)/(\d+) step_loss={_NUMBER} step_acc={_NUMBER} "
+                           rf"step_img_s={_NUMBER}\s*$")
+
+
+def format_progress_line(epoch: int, step: int, steps: int, loss: float, acc: float, img_s: float) -> str:
+    return f"progress epoch={epoch} step={step}/{steps} step_loss={loss:.6f} step_acc={acc:.6f} step_img_s={img_s:.1f}"
+
+
+def parse_progress_line(line: str) -> dict[str, float] | None:
+    """{"epoch", "step", "steps", "loss", "acc", "img_s"} (running means over the epoch so far), or None."""
+    m = PROGRESS_LINE.match(line.strip())
+    if not m:
+        return None
+    return {"epoch": int(m.group(1)), "step": int(m.group(2)), "steps": int(m.group(3)),
+            "loss": float(m.group(4)), "acc": float(m.group(5)), "img_s": float(m.group(6))}

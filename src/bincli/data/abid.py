@@ -1,0 +1,149 @@
+"""The Amazon Bin Image Dataset: bucket layout, ids, metadata and the Udacity subset list.
+
+One place for the facts in shared/ABID.md that code relies on:
+  - bucket `aft-vbi-pds`, keys `bin-images/<id>.jpg` and `metadata/<id>.json`;
+  - ids are STRINGS ("00002", "100313", and a few unpadded ones like "1000"): never int() them;
+  - the label is the metadata's `EXPECTED_QUANTITY`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bincli.errors import DataError
+
+BUCKET = "aft-vbi-pds"
+REGION = "us-east-1"
+IMAGE_PREFIX = "bin-images/"
+METADATA_PREFIX = "metadata/"
+IMAGE_SUFFIX = ".jpg"
+METADATA_SUFFIX = ".json"
+LABEL_KEY = "EXPECTED_QUANTITY"
+
+# Local layout of downloaded data (the data contract other steps read).
+IMAGES_DIR = "images"
+METADATA_DIR = "metadata"
+
+_ID = re.compile(r"^[0-9]{1,9}$")
+
+
+def normalize_id(raw: str) -> str:
+    """An ABID id from what people and lists write: "00002", " 00002\\n", "00002.jpg",
+    "data/metadata/00002.json", "bin-images/100313.jpg". Digits are kept exactly as written
+    (zero padding is part of the key); raises ValueError for anything else."""
+    if not isinstance(raw, str):
+        raise ValueError(f"ABID ids are strings (zero padding matters), got {type(raw).__name__} {raw!r}; "
+                         "quote it, e.g. '00002'")
+    text = raw.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (IMAGE_SUFFIX, METADATA_SUFFIX):
+        if text.lower().endswith(suffix):
+            text = text[: -len(suffix)]
+    if not _ID.match(text):
+        raise ValueError(f"not an ABID id: {raw!r} (expected digits such as '00002' or '100313')")
+    return text
+
+
+def image_key(id_: str) -> str:
+    return f"{IMAGE_PREFIX}{id_}{IMAGE_SUFFIX}"
+
+
+def metadata_key(id_: str) -> str:
+    return f"{METADATA_PREFIX}{id_}{METADATA_SUFFIX}"
+
+
+def id_from_key(key: str) -> str | None:
+    """The id of a bucket key (`metadata/00002.json` -> "00002"), or None for other keys."""
+    for prefix, suffix in ((METADATA_PREFIX, METADATA_SUFFIX), (IMAGE_PREFIX, IMAGE_SUFFIX)):
+        if key.startswith(prefix) and key.endswith(suffix):
+            stem = key[len(prefix): -len(suffix)]
+            return stem if _ID.match(stem) else None
+    return None
+
+
+def label_of(metadata: Any) -> int:
+    """`EXPECTED_QUANTITY` of a parsed metadata document; ValueError if absent or not a count."""
+    count = metadata.get(LABEL_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(f"metadata has no valid {LABEL_KEY} (got {count!r})")
+    return count
+
+
+def parse_metadata(data: bytes | str) -> dict[str, Any]:
+    """Parse one metadata document and check it has a label; ValueError otherwise."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    label_of(doc)
+    return doc
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Read and check one metadata file; DataError naming the file if it is unusable."""
+    path = Path(path)
+    try:
+        return parse_metadata(path.read_bytes())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read metadata ({exc.strerror})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def read_file_list(path: str | Path) -> dict[str, list[str]]:
+    """The Udacity subset list `{"1": ["data/metadata/100313.json", ...], ...}` as {class: [ids]}.
+
+    Accepted as it is: keys are the class (item count) as a string, entries any path or name
+    whose stem is the id. Order is kept; an id listed twice is kept once (first place)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file list ({exc.strerror})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+        raise DataError(f'{path}: expected {{"1": ["data/metadata/100313.json", ...], ...}} (class -> list of files)')
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for cls, entries in doc.items():
+        if not str(cls).strip().isdigit():
+            raise DataError(f"{path}: class key {cls!r} is not a count (expected '1', '2', ...)")
+        ids = []
+        for entry in entries:
+            try:
+                id_ = normalize_id(entry)
+            except ValueError as exc:
+                raise DataError(f"{path}: class {cls}: {exc}") from None
+            if id_ not in seen:
+                seen.add(id_)
+                ids.append(id_)
+        out[str(cls).strip()] = ids
+    return out
+
+
+def read_ids_file(path: str | Path) -> list[str]:
+    """A text file with one id per line (blank lines and `#` comments ignored), order kept."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the ids file ({exc.strerror})") from None
+    ids = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(normalize_id(text))
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: {exc}") from None
+    return dedupe(ids)
+
+
+def dedupe(ids: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    return [i for i in ids if not (i in seen or seen.add(i))]

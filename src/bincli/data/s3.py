@@ -1,0 +1,176 @@
+"""One way to make S3 clients: shared by download, upload and the SageMaker backend.
+
+A client is thread-safe; make ONE per step and share it across the step's thread pool, with a
+connection pool as large as the pool (botocore's default of 10 connections would serialise 32
+workers on 10 sockets). Retries use botocore's "standard" mode: throttling, 5xx and connection
+errors are retried with exponential backoff and jitter.
+
+Endpoints: `endpoint_url` if given, else boto3's own chain (`AWS_ENDPOINT_URL_S3`,
+`AWS_ENDPOINT_URL`, the config file), which is how tests aim bincli at a moto server.
+boto3 is imported inside the functions so `bincli --help` stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from bincli.errors import BincliError, ConfigError
+
+_S3_URI = re.compile(r"^s3://([^/]+)/?(.*)$")
+
+
+def make_client(
+    *,
+    endpoint_url: str | None = None,
+    unsigned: bool = False,
+    region: str | None = None,
+    pool_size: int = 10,
+    retries: int = 5,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    lean: bool = False,
+) -> Any:
+    """A boto3 S3 client. `unsigned` for public buckets (no credentials needed or used).
+
+    `lean` trims client CPU per request for bulk transfers whose parameters bincli builds itself:
+    no client-side parameter validation, and timestamps (LastModified) left as the server's
+    strings instead of being parsed by dateutil (the trick awscli uses): about 10% of the
+    client's CPU per small GET."""
+    import boto3
+    import botocore
+    from botocore.config import Config
+
+    custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        signature_version=botocore.UNSIGNED if unsigned else None,
+        max_pool_connections=max(10, pool_size),
+        retries={"mode": "standard", "total_max_attempts": retries + 1},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        tcp_keepalive=True,
+        # S3-compatible servers (moto, MinIO) want path-style URLs; AWS itself picks what fits.
+        s3={"addressing_style": "path"} if custom_endpoint else None,
+        parameter_validation=not lean,
+    )
+    session = boto3.session.Session()  # one session per client: boto3's default session is not thread-safe
+    if lean:
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=lambda value: value)
+    region = region or session.region_name or "us-east-1"
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b/` -> ("bucket", "a/b") (prefix without slashes at either end)."""
+    m = _S3_URI.match(uri or "")
+    if not m or not m.group(1):
+        raise ConfigError(f"{uri!r}: expected an s3://bucket/prefix URI")
+    return m.group(1), m.group(2).strip("/")
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError ("NoSuchKey", "404", "SlowDown"), else None."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+    return None
+
+
+def explain(exc: BaseException, what: str) -> BincliError:
+    """A one-line BincliError for an AWS failure that stops a whole step (credentials, bucket)."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return BincliError(f"{what}: no AWS credentials found",
+                           hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or run 'aws configure')")
+    if isinstance(exc, NoRegionError):
+        return BincliError(f"{what}: no AWS region set", hint="set AWS_DEFAULT_REGION or sagemaker.region")
+    if isinstance(exc, EndpointConnectionError):
+        return BincliError(f"{what}: cannot connect to {exc.kwargs.get('endpoint_url', 'the S3 endpoint')}",
+                           hint="check the endpoint_url / AWS_ENDPOINT_URL and that the server is running")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or ""
+        if code == "NoSuchBucket":
+            return BincliError(f"{what}: the bucket does not exist ({message or code})",
+                               hint="create it first, or fix the bucket in the s3:// URI")
+        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            return BincliError(f"{what}: access denied ({code})",
+                               hint="check the AWS credentials and the bucket policy")
+        return BincliError(f"{what}: S3 error {code}: {message}".rstrip(": "))
+    return BincliError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def list_objects(client: Any, bucket: str, prefix: str, split_after: list[str] | None = None,
+                 map_fn: Any = map, on_page: Any = None, project: Any = None, page_size: int = 1000) -> list[Any]:
+    """Every object under `prefix`, in key order: {"Key", "Size", "ETag", ...} as S3 lists them,
+    or `project(obj)` of each where that is not None (keep only what is needed: 536K listed dicts
+    would take ~250 MB).
+
+    A big listing is read in parallel: after the first two pages, the rest of the key space is cut
+    at `split_after` (sorted key boundaries, e.g. `metadata/10`, `metadata/11`, ...) and each
+    range is paged on its own through `map_fn` (a thread pool's map). 536K ABID keys take
+    ~540 sequential page requests; cut in 100 ranges they take about as long as 11.
+    `on_page()` is called once per request (for request counting)."""
+    keep = project or (lambda obj: obj)
+
+    def page(start_after: str | None, token: str | None) -> dict:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
+        if on_page is not None:
+            on_page()
+        return client.list_objects_v2(**kwargs)
+
+    def take(objs: list[dict[str, Any]], out: list[Any]) -> None:
+        for obj in objs:
+            item = keep(obj)
+            if item is not None:
+                out.append(item)
+
+    def list_range(bounds: tuple[str, str | None]) -> list[Any]:
+        start_after, end = bounds
+        out: list[Any] = []
+        token = None
+        while True:
+            resp = page(start_after, token)
+            objs = resp.get("Contents", [])
+            if end is not None and objs and objs[-1]["Key"] >= end:
+                take([obj for obj in objs if obj["Key"] < end], out)
+                return out
+            take(objs, out)
+            if not resp.get("IsTruncated"):
+                return out
+            token = resp.get("NextContinuationToken")
+
+    found: list[Any] = []
+    token = None
+    last = ""
+    for _ in range(2):  # two pages one after the other: a small listing never fans out
+        resp = page(None, token)
+        objs = resp.get("Contents", [])
+        take(objs, found)
+        last = objs[-1]["Key"] if objs else last
+        if not resp.get("IsTruncated"):
+            return found
+        token = resp.get("NextContinuationToken")
+    cuts = sorted(b for b in (split_after or []) if b > last)
+    ranges: list[tuple[str, str | None]] = [(last, cuts[0] if cuts else None)]
+    ranges += zip(cuts, [*cuts[1:], None], strict=True)
+    for part in map_fn(list_range, ranges):  # in order: the result stays sorted by key
+        found.extend(part)
+    return found

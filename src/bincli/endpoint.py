@@ -1,0 +1,315 @@
+"""`bincli deploy` / `teardown` for the local backend: the endpoint as a background process.
+
+deploy starts `python -m bincli.serve` in its own session (it outlives the shell that started it),
+waits until /ping answers, and records {"name", "url", "pid", "model", "port", ...} under state
+"deploy", with the process's start time and command line. teardown stops that process only if it
+is still the one deploy started (same pid, start time and command line: a reused pid is never
+signalled), removes `<workdir>/endpoints/<name>/` and the state record. A second teardown finds
+nothing to remove. One endpoint per workspace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bincli.config import Config
+from bincli.console import err
+from bincli.errors import BincliError, StateError, UsageError
+from bincli.state import State
+
+ENDPOINTS_DIR = "endpoints"
+LOG_FILE = "server.log"
+RUNTIME_FILE = "runtime.json"
+STOP_TIMEOUT = 15.0
+
+# Servers this process started, so stopping one also reaps it (no zombie, no ResourceWarning).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def endpoint_dir(workdir: Path, name: str) -> Path:
+    return Path(workdir).resolve() / ENDPOINTS_DIR / name
+
+
+# ---------------------------------------------------------------- deploy
+def deploy(cfg: Config, model: Path | None = None, update: bool = False, foreground: bool = False) -> dict[str, Any]:
+    """Start the endpoint (or replace its model with update=True); returns what state records."""
+    _local_only(cfg, "deploy")
+    d = cfg.deploy
+    state = State(cfg.workdir)
+    model_tar = _model_path(cfg, state, model)
+
+    from bincli.modeltar import read_model_info
+
+    model_info = read_model_info(model_tar)  # checks the archive before anything starts
+    host, port, replaced = d.host, d.port, None
+    existing = state.outputs("deploy")
+    if existing is not None:
+        if is_running(existing):
+            if existing["name"] != d.name:
+                raise BincliError(f"endpoint '{existing['name']}' is already running at {existing['url']} "
+                                  f"in {cfg.workdir} (one endpoint per workspace)",
+                                  hint="run 'bincli teardown' first, or use another --workdir")
+            if not update:
+                raise BincliError(f"endpoint '{d.name}' already exists at {existing['url']} "
+                                  f"(pid {existing['pid']}, model {existing['model']})",
+                                  hint="pass --update to replace its model, or run 'bincli teardown' first")
+            # Same name, same URL: stop the old server, start the new one on its port.
+            host, port, replaced = existing["host"], existing["port"], existing["model"]
+            info(f"updating endpoint '{d.name}': stopping pid {existing['pid']} (model {replaced})")
+            _stop(existing)
+        else:
+            info(f"endpoint '{existing['name']}' in state is not running (pid {existing['pid']}); replacing it")
+        state.forget("deploy")
+    elif update:
+        info(f"--update: no endpoint '{d.name}' is running; starting one")
+
+    if port != 0:
+        _check_port_free(host, port)
+    ep_dir = endpoint_dir(cfg.workdir, d.name)
+    ep_dir.mkdir(parents=True, exist_ok=True)
+    base = {"name": d.name, "model": str(model_tar), "host": host, "threads": d.threads,
+            "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE)}
+    if foreground:
+        return _run_foreground(cfg, state, base, port)
+    try:
+        record = _start_background(cfg, base, port, ep_dir)
+    except BincliError as exc:
+        if replaced:
+            exc.message += f" (the previous server, model {replaced}, was already stopped)"
+        raise
+    record["action"] = "updated" if replaced else "created"
+    record["replaced_model"] = replaced
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+    return record
+
+
+def _model_path(cfg: Config, state: State, model: Path | None) -> Path:
+    chosen = model or cfg.deploy.model
+    if chosen is None:
+        outputs = state.require("train", needed_by="deploy")
+        if not outputs.get("model"):
+            raise StateError(f"state 'train' in {cfg.workdir} records no model archive",
+                             hint="run 'bincli train' again, or pass --model path/to/model.tar.gz")
+        chosen = Path(outputs["model"])
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"{path}: model archive not found", hint="pass --model path/to/model.tar.gz")
+    return path
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from bincli.serve import bind
+
+    try:
+        bind(host, port).close()
+    except OSError as exc:
+        raise UsageError(f"deploy.port: {exc.strerror}",
+                         hint="pick another port with --port, or --port 0 for a free one") from None
+
+
+def _start_background(cfg: Config, base: dict[str, Any], port: int, ep_dir: Path) -> dict[str, Any]:
+    log_path, runtime_file = ep_dir / LOG_FILE, ep_dir / RUNTIME_FILE
+    runtime_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "bincli.serve", "--model", base["model"], "--name", base["name"],
+           "--host", base["host"], "--port", str(port), "--threads", str(base["threads"]),
+           "--runtime-file", str(runtime_file)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "ab") as log:
+        log.write(f"---- {_now()} bincli deploy: {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    timeout = cfg.deploy.startup_timeout
+    deadline = time.monotonic() + timeout
+    info(f"starting endpoint '{base['name']}' (pid {proc.pid}); log: {log_path}")
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            _CHILDREN.pop(proc.pid, None)
+            raise BincliError(f"endpoint '{base['name']}' exited while starting (exit {rc}): {_last_error(log_path)}",
+                              hint=f"full log: {log_path}")
+        if runtime_file.is_file():
+            runtime = json.loads(runtime_file.read_text())
+            if ping(runtime["url"]):
+                break
+        if time.monotonic() > deadline:
+            _terminate(proc)
+            raise BincliError(f"endpoint '{base['name']}' did not answer /ping within {timeout:g}s; stopped it",
+                              hint=f"see {log_path}; a slow machine may need --set deploy.startup_timeout=300")
+        time.sleep(0.1)
+    return {**base, **_identity(proc.pid), "port": runtime["port"], "url": runtime["url"], "foreground": False}
+
+
+def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) -> dict[str, Any]:
+    """Serve in this process until Ctrl-C / SIGTERM; state holds the record while it serves."""
+    from bincli.serve import serve
+
+    record: dict[str, Any] = {}
+
+    def on_ready(runtime: dict[str, Any]) -> None:
+        record.update({**base, **_identity(os.getpid()), "port": runtime["port"], "url": runtime["url"],
+                       "foreground": True, "action": "created", "replaced_model": None})
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+        info(f"endpoint '{base['name']}' serving at {runtime['url']} (Ctrl-C to stop)")
+
+    try:
+        serve(Path(base["model"]), base["name"], base["host"], port, base["threads"], on_ready=on_ready)
+    except OSError as exc:
+        raise BincliError(f"endpoint '{base['name']}': {exc.strerror or exc}") from None
+    finally:
+        current = state.outputs("deploy")
+        if current and current.get("pid") == os.getpid():
+            state.forget("deploy")
+    return {**record, "stopped": True}
+
+
+# ---------------------------------------------------------------- teardown
+def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
+    """Stop and remove what deploy recorded; a no-op (with a message) when there is nothing."""
+    _local_only(cfg, "teardown")
+    state = State(cfg.workdir)
+    record = state.outputs("deploy")
+    if record is None or (name is not None and record.get("name") != name):
+        what = f"no endpoint '{name}'" if name else "no endpoint"
+        return {"name": name, "removed": [], "stopped": False,
+                "message": f"nothing to remove: {what} recorded in {cfg.workdir}"}
+    removed = []
+    stopped = _stop(record)
+    if stopped:
+        removed.append(f"process {record['pid']}")
+    ep_dir = endpoint_dir(cfg.workdir, record["name"])
+    if ep_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(ep_dir, ignore_errors=True)
+        removed.append(str(ep_dir))
+        with contextlib.suppress(OSError):
+            ep_dir.parent.rmdir()  # <workdir>/endpoints, if now empty
+    state.forget("deploy")
+    removed.append("state record 'deploy'")
+    note = "" if stopped else f" (pid {record['pid']} was no longer this endpoint's server: left alone)"
+    return {"name": record["name"], "url": record.get("url"), "pid": record["pid"], "stopped": stopped,
+            "removed": removed, "message": f"removed endpoint '{record['name']}'{note}"}
+
+
+# ---------------------------------------------------------------- for predict / evaluate
+def running_endpoint(cfg: Config, name: str | None = None) -> dict[str, Any]:
+    """The state record of the endpoint to call, checked to be up; StateError if there is none."""
+    record = State(cfg.workdir).outputs("deploy")
+    if record is None:
+        raise StateError(f"no endpoint: none is deployed in {cfg.workdir}",
+                         hint="run 'bincli deploy' first, or pass --model model.tar.gz to predict in-process")
+    if name is not None and record["name"] != name:
+        raise StateError(f"no endpoint '{name}' in {cfg.workdir} (the deployed one is '{record['name']}')",
+                         hint="pass --endpoint-url to call an endpoint of another workspace")
+    if not is_running(record):
+        raise StateError(f"no endpoint: '{record['name']}' is recorded at {record['url']} but its server "
+                         f"(pid {record['pid']}) is not running",
+                         hint="run 'bincli deploy' to start it again, or 'bincli teardown' to clear the record")
+    return record
+
+
+def is_running(record: dict[str, Any]) -> bool:
+    return _our_process(record) is not None
+
+
+def ping(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- processes
+def _identity(pid: int) -> dict[str, Any]:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return {"pid": pid, "pid_started": proc.create_time(), "cmdline": proc.cmdline(), "started_at": _now()}
+
+
+def _our_process(record: dict[str, Any]):
+    """The psutil.Process of the recorded server if it is still that process, else None."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(record["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            child = _CHILDREN.pop(proc.pid, None)
+            if child is not None:
+                child.wait()
+            return None
+        same_start = abs(proc.create_time() - float(record.get("pid_started", -1))) < 1e-3
+        if same_start and proc.cmdline() == record.get("cmdline"):
+            return proc
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _stop(record: dict[str, Any]) -> bool:
+    """SIGTERM (then SIGKILL) the recorded server if it is still ours; True if it was stopped."""
+    import psutil
+
+    proc = _our_process(record)
+    if proc is None:
+        return False
+    child = _CHILDREN.pop(proc.pid, None)
+    if child is not None:  # started by this process: stop and reap it through its Popen
+        _terminate(child)
+        return True
+    try:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _CHILDREN.pop(proc.pid, None)
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors[-1].removeprefix("error:").strip() if errors else lines[-1]) if lines else "no output"
+
+
+def _local_only(cfg: Config, step: str) -> None:
+    if cfg.backend != "local":
+        raise UsageError(f"backend {cfg.backend!r}: '{step}' is built for backend 'local' only so far",
+                         hint="use --set backend=local")
+
+
+def info(message: str) -> None:
+    err.print(message, markup=False, soft_wrap=True)  # paths: no markup, no wrapping
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

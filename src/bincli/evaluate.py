@@ -1,0 +1,192 @@
+"""`bincli evaluate`: a split's metrics, measured through the endpoint or an in-process model.
+
+Every image of the split manifest goes through the same handler functions (input_fn,
+predict_fn, output_fn): over HTTP to the endpoint, `concurrency` requests at a time, or in this
+process (--model / --local), in batches. The answers' class probabilities become the metrics of
+bincli.core.metrics (accuracy, log-loss, RMSE/MAE of the count, per-class accuracy, confusion
+matrix) next to the majority-class baseline of the training split: the table `bincli train`
+prints. Both paths give the same numbers.
+
+Writes <workdir>/report/evaluate-<split>/: metrics.json, confusion-matrix.png and
+predictions.csv (one row per image: id, path, true and predicted count, confidence, error).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bincli.config import Config
+from bincli.errors import DataError, UsageError
+from bincli.state import State
+
+PREDICTIONS_FILE = "predictions.csv"
+BATCH_SIZE = 16  # in-process: images per forward pass
+
+
+def _samples(split: dict[str, Any], name: str, spec):
+    from bincli.core import data
+
+    manifests = split.get("manifests") or {}
+    if name not in manifests:
+        raise UsageError(f"--split {name}: the split has no such manifest (it has: {', '.join(manifests) or 'none'})")
+    try:
+        samples = data.read_manifest(manifests[name], spec, split.get("data_root"))
+    except (OSError, data.DataError) as exc:
+        raise DataError(str(exc), hint="run 'bincli split' again") from None
+    if not samples:
+        raise DataError(f"{manifests[name]}: the {name} split is empty",
+                        hint="split again with a larger share for it, e.g. --ratios 0.8 0.1 0.1")
+    return samples
+
+
+def _answer_all_remote(predictor, samples, concurrency: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    from bincli.predict import PredictError, content_type_for
+
+    def one(sample) -> dict[str, Any]:
+        try:
+            return predictor.invoke(sample.path.read_bytes(), content_type_for(sample.path))
+        except PredictError as exc:
+            return {"error": exc.message, "status": exc.status}
+        except OSError as exc:
+            return {"error": f"cannot read: {exc.strerror}", "status": None}
+        finally:
+            tick()
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(one, s) for s in samples]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _answer_all_local(predictor, samples, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    """The handler's input_fn per image, predict_fn per batch: what the endpoint runs, batched."""
+    from bincli.core import inference
+    from bincli.predict import content_type_for
+
+    answers: list[dict[str, Any] | None] = [None] * len(samples)
+    for start in range(0, len(samples), BATCH_SIZE):
+        images, slots = [], []
+        for i in range(start, min(start + BATCH_SIZE, len(samples))):
+            try:
+                images.append(inference.input_fn(samples[i].path.read_bytes(), content_type_for(samples[i].path)))
+                slots.append(i)
+            except inference.InferenceError as exc:
+                answers[i] = {"error": exc.message, "status": exc.status_code}
+            except OSError as exc:
+                answers[i] = {"error": f"cannot read: {exc.strerror}", "status": None}
+        if images:
+            for i, answer in zip(slots, inference.predict_fn(images, predictor.model), strict=True):
+                answers[i] = answer
+        for _ in range(min(BATCH_SIZE, len(samples) - start)):
+            tick()
+    return answers  # type: ignore[return-value]
+
+
+def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = None, endpoint_url: str | None = None,
+                 model: Path | None = None, local: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Evaluate the model on one split. `local` uses the trained model (state 'train') in-process."""
+    import numpy as np
+
+    from bincli.core.classes import ClassSpec
+    from bincli.core.fileio import atomic_write_text
+    from bincli.core.metrics import baseline_metrics, compute_metrics
+    from bincli.predict import LocalPredictor, open_predictor
+    from bincli.report import write_report
+
+    state = State(cfg.workdir)
+    split = state.require("split", needed_by="evaluate")
+    spec = ClassSpec.parse(split["classes"])
+    samples = _samples(split, split_name, spec)
+    if local and model is None:
+        trained = state.require("train", needed_by="evaluate --local")
+        model = Path(trained["model"])
+    if model is not None and (endpoint or endpoint_url):
+        raise UsageError("--model/--local evaluate in-process: do not combine them with --endpoint/--endpoint-url")
+
+    done, lock = [0], threading.Lock()
+
+    def tick() -> None:  # called from the request threads
+        with lock:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(samples))
+
+    predictor = open_predictor(cfg, endpoint, endpoint_url, model)
+    try:
+        if isinstance(predictor, LocalPredictor):
+            model_classes = str(predictor.model.classes)
+            if model_classes != str(spec):
+                raise DataError(f"model {model} predicts classes {model_classes}, the split has {spec}",
+                                hint="evaluate with the model trained on this split")
+            answers = _answer_all_local(predictor, samples, tick)
+        else:
+            answers = _answer_all_remote(predictor, samples, cfg.predict.concurrency, tick)
+    finally:
+        predictor.close()
+
+    ok = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" not in a]
+    failed = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" in a]
+    if not ok:
+        first = failed[0][1]
+        raise DataError(f"no image of the {split_name} split got an answer from {predictor.where}; "
+                        f"the first error: {first['status'] or ''} {first['error']}".replace("  ", " "))
+    labels = list(ok[0][1]["probabilities"])
+    if labels != spec.labels:
+        raise DataError(f"{predictor.where} answers classes {labels}, the split has {spec.labels}",
+                        hint="deploy the model trained on this split")
+    probs = np.array([[a["probabilities"][label] for label in labels] for _, a in ok], dtype=np.float64)
+    targets = [s.target for s, _ in ok]
+    metrics = compute_metrics(targets, probs, spec.labels, spec.counts)
+    train_targets = [s.target for s in _samples(split, "train", spec)] if split.get("train") else []
+    baseline = baseline_metrics(train_targets, targets, spec.labels, spec.counts) if train_targets else None
+    report = {**metrics, "split": split_name, "baseline": baseline, "source": predictor.where,
+              "failed": len(failed)}
+
+    out_dir = Path(cfg.workdir).resolve() / "report" / f"evaluate-{split_name}"
+    paths = write_report(report, out_dir)
+    predictions = out_dir / PREDICTIONS_FILE
+    atomic_write_text(predictions, _predictions_csv(samples, answers, spec))
+    outputs = {
+        "split": split_name, "source": predictor.where, "n": metrics["n"], "failed": len(failed),
+        **{k: metrics[k] for k in ("accuracy", "log_loss", "rmse", "mae")},
+        "baseline_accuracy": baseline["accuracy"] if baseline else None,
+        "report_dir": str(out_dir), "metrics": paths["metrics"], "predictions": str(predictions),
+        "figures": {k: v for k, v in paths.items() if k != "metrics"},
+    }
+    state.record("evaluate", outputs, {"split": split_name, "concurrency": cfg.predict.concurrency})
+    return {**outputs, "errors": [{"id": s.id, "path": str(s.path), **a} for s, a in failed], "report": report}
+
+
+def _predictions_csv(samples: Sequence, answers: Sequence[dict[str, Any]], spec) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "path", "count", "predicted", "confidence", "error"])
+    for s, a in zip(samples, answers, strict=True):
+        true = spec.labels[s.target]
+        if "error" in a:
+            writer.writerow([s.id, str(s.path), true, "", "", f"{a.get('status') or ''} {a['error']}".strip()])
+        else:
+            writer.writerow([s.id, str(s.path), true, a["label"], f"{a['confidence']:.6f}", ""])
+    return buf.getvalue()
+
+
+def outcome_error(result: dict[str, Any]):
+    """The error that makes `bincli evaluate` exit 1 (some images got no answer), or None."""
+    from bincli.errors import BincliError
+
+    if result["failed"]:
+        first = result["errors"][0]
+        return BincliError(f"{result['failed']} of {result['n'] + result['failed']} image(s) got no answer "
+                           f"(e.g. {first['path']}: {first['error']}); the metrics leave them out",
+                           hint=f"see {result['predictions']}")
+    return None

@@ -1,0 +1,233 @@
+"""`bincli predict`: count the items in bin photos, through an endpoint or an in-process model.
+
+One client path for every endpoint: boto3's `sagemaker-runtime` invoke_endpoint. For the local
+backend it is pointed at the local server with endpoint_url (unsigned requests: no AWS account);
+for backend sagemaker it reaches the real endpoint with boto3's credentials. The endpoint path
+never imports torch, so a cold `bincli predict` answers fast. `--model model.tar.gz` instead loads
+the model in this process and runs the same handler functions the endpoint runs.
+
+Each image's answer: {"image", "count", "label", "confidence", "probabilities", "ms"}, or
+{"image", "error", "status"} when the endpoint refused it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bincli.config import Config
+from bincli.core.contract import JSON_CONTENT_TYPE
+from bincli.errors import BincliError, StateError, UsageError
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+DEFAULT_CONTENT_TYPE = "application/x-image"
+LOCAL_REGION = "us-east-1"  # botocore needs a region to build a client; a local endpoint ignores it
+
+
+class PredictError(Exception):
+    """The endpoint (or in-process handler) refused one image: its HTTP status and message."""
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def content_type_for(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower(), DEFAULT_CONTENT_TYPE)
+
+
+def collect_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; folders expand to their *.jpg/*.jpeg/*.png files (sorted, not recursive)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in CONTENT_TYPES)
+            if not found:
+                raise UsageError(f"{p}: no .jpg, .jpeg or .png files in this folder")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    if not out:
+        raise UsageError("no images given", hint="bincli predict bin.jpg [more.jpg | a folder ...]")
+    return out
+
+
+# ---------------------------------------------------------------- predictors
+class EndpointPredictor:
+    """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
+
+    def __init__(self, name: str, url: str | None = None, region: str | None = None, timeout: float = 30.0,
+                 concurrency: int = 8, signed: bool = False):
+        import boto3
+        import botocore
+        from botocore.config import Config as BotoConfig
+
+        self.name, self.url = name, url
+        self.where = f"'{name}'" + (f" at {url}" if url else "")
+        config = BotoConfig(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                            retries={"max_attempts": 2, "mode": "standard"},
+                            max_pool_connections=max(concurrency, 10),
+                            signature_version=None if signed else botocore.UNSIGNED)
+        session = boto3.session.Session()
+        self.client = session.client("sagemaker-runtime", endpoint_url=url, config=config,
+                                     region_name=region or session.region_name or (None if signed else LOCAL_REGION))
+
+    def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+
+        try:
+            resp = self.client.invoke_endpoint(EndpointName=self.name, Body=body, ContentType=content_type,
+                                               Accept=JSON_CONTENT_TYPE)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", "?"), error.get("Message", str(exc))
+            if code == "ModelError":  # the model's container refused the request: per-image error
+                original = exc.response.get("OriginalStatusCode")
+                raise PredictError(int(original) if original else None,
+                                   exc.response.get("OriginalMessage") or message) from None
+            if code == "ValidationError" and "not found" in message.lower():
+                raise StateError(f"no endpoint {self.where}: {message}",
+                                 hint="check the name with 'bincli status', or run 'bincli deploy'") from None
+            raise BincliError(f"endpoint {self.where}: {code}: {message}") from None
+        except ReadTimeoutError:
+            raise PredictError(None, "no answer within the timeout (predict.timeout)") from None
+        except NoCredentialsError:
+            raise BincliError(f"endpoint {self.where}: no AWS credentials",
+                              hint="configure boto3 credentials (AWS_PROFILE, ~/.aws) for backend sagemaker") from None
+        except (ConnectionError, HTTPClientError) as exc:
+            raise BincliError(f"cannot reach endpoint {self.where}: {exc}",
+                              hint="is it running? 'bincli status' shows it; 'bincli deploy' starts it") from None
+        payload = resp["Body"].read()
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise PredictError(None, f"endpoint answered {resp.get('ContentType')}, not JSON") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LocalPredictor:
+    """The model loaded in this process (imports torch), answering through the same handler."""
+
+    def __init__(self, model_tar: Path):
+        from bincli.serve import load_model, warm_up
+
+        self.where = str(model_tar)
+        self.model, self._tmp = load_model(Path(model_tar))
+        warm_up(self.model)
+
+    def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
+        from bincli.core import inference
+
+        try:
+            text, _ = inference.handle_request(self.model, body, content_type, JSON_CONTENT_TYPE)
+        except inference.InferenceError as exc:
+            raise PredictError(exc.status_code, exc.message) from None
+        return json.loads(text)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> LocalPredictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_predictor(cfg: Config, endpoint: str | None = None, endpoint_url: str | None = None,
+                   model: Path | None = None):
+    """The predictor for these options: in-process model, or the endpoint from flags/config/state."""
+    if model is not None:
+        if endpoint or endpoint_url:
+            raise UsageError("--model predicts in-process: do not combine it with --endpoint/--endpoint-url")
+        return LocalPredictor(Path(model))
+    p = cfg.predict
+    name, url = endpoint or p.endpoint, endpoint_url or p.endpoint_url
+    signed = cfg.backend == "sagemaker"
+    region = cfg.sagemaker.region
+    if url is None and not signed:
+        from bincli.endpoint import running_endpoint
+
+        record = running_endpoint(cfg, name)
+        name, url = record["name"], record["url"]
+    elif name is None:
+        from bincli.state import State
+
+        record = State(cfg.workdir).outputs("deploy")
+        if record is None and url is None:
+            raise StateError(f"no endpoint: none is deployed in {cfg.workdir}",
+                             hint="run 'bincli deploy' first, or pass --endpoint NAME")
+        name = record["name"] if record else cfg.deploy.name
+    return EndpointPredictor(name, url, region=region, timeout=p.timeout, concurrency=p.concurrency, signed=signed)
+
+
+# ---------------------------------------------------------------- the step
+def predict_files(predictor, images: Sequence[Path], concurrency: int = 8) -> list[dict[str, Any]]:
+    """One answer dict per image, in the order given (requests run `concurrency` at a time)."""
+
+    def one(path: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            return {"image": str(path), "error": f"cannot read: {exc.strerror}", "status": None}
+        try:
+            answer = predictor.invoke(body, content_type_for(path))
+        except PredictError as exc:
+            return {"image": str(path), "error": exc.message, "status": exc.status}
+        return {"image": str(path), **answer, "ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    if concurrency <= 1 or len(images) == 1:
+        return [one(p) for p in images]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(one, p) for p in images]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def run_predict(cfg: Config, images: Sequence[Path], endpoint: str | None = None, endpoint_url: str | None = None,
+                model: Path | None = None, expected: int | None = None) -> dict[str, Any]:
+    """Predict every image; the result says which failed and which differ from `expected`."""
+    files = collect_images(images)
+    predictor = open_predictor(cfg, endpoint, endpoint_url, model)
+    try:
+        concurrency = 1 if isinstance(predictor, LocalPredictor) else cfg.predict.concurrency
+        results = predict_files(predictor, files, concurrency)
+    finally:
+        predictor.close()
+    failed = [r for r in results if "error" in r]
+    mismatched = [r for r in results if expected is not None and "error" not in r and r["count"] != expected]
+    return {"source": predictor.where, "results": results, "n": len(results), "failed": len(failed),
+            "expected": expected, "mismatched": len(mismatched)}
+
+
+def outcome_error(result: dict[str, Any]) -> BincliError | None:
+    """The error that makes `bincli predict` exit 1, or None."""
+    parts = []
+    if result["failed"]:
+        parts.append(f"{result['failed']} of {result['n']} image(s) failed")
+    if result["mismatched"]:
+        parts.append(f"{result['mismatched']} of {result['n']} image(s) counted other than the expected "
+                     f"{result['expected']}")
+    return BincliError("; ".join(parts)) if parts else None

@@ -1,0 +1,191 @@
+"""The `tune` step (local backend): an Optuna search over the core entry point's hyperparameters.
+
+Each trial is the same training process `bincli train` runs (the core entry point under the SM_*
+contract, `--name value` hyperparameters), so a trial here is a training job there. The trial's
+epoch lines are read as they come: each epoch's objective is reported to Optuna, and a trial the
+median pruner gives up on is stopped (SIGTERM: it saves a checkpoint and exits).
+
+The study lives in `<workdir>/tune/study.db`: a rerun with the same search continues it and runs
+only the trials still missing. Results: `<workdir>/tune/tune-results.csv` (one row per trial) and
+state "tune" (best hyperparameters, read by `bincli train --from-tune`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bincli.config import Config, SearchSpace
+from bincli.core.contract import parse_epoch_line
+from bincli.core.fileio import atomic_write_text
+from bincli.errors import BincliError, DataError
+from bincli.state import State
+from bincli.training import build_command, build_env, hyperparameters_from, run_child
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+RESULTS_FILE = "tune-results.csv"
+# Optuna's direction for each objective the entry point prints.
+DIRECTIONS = {"valid_loss": "minimize", "valid_acc": "maximize"}
+
+
+class TrialFailed(Exception):
+    """A trial's training process failed; the study goes on with the next trial."""
+
+
+def search_space(space: SearchSpace, fixed: set[str]) -> dict[str, Any]:
+    """The searched hyperparameters (train config names), less those fixed by flags."""
+    return {name: value for name, value in space.model_dump().items() if value is not None and name not in fixed}
+
+
+def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
+    params = {}
+    for name, rule in space.items():
+        if isinstance(rule, dict):
+            params[name] = trial.suggest_float(name, rule["low"], rule["high"], log=rule["log"])
+        else:
+            params[name] = trial.suggest_categorical(name, list(rule))
+    return params
+
+
+def run_tune(cfg: Config, fixed: set[str] | None = None, console=None) -> dict[str, Any]:
+    """The whole step. `fixed`: train keys given as flags (not searched). Returns the result
+    (also recorded in state as 'tune')."""
+    import optuna
+
+    from bincli.console import err
+
+    console = console or err
+    fixed = set(fixed or ())
+    workdir = Path(cfg.workdir)
+    state = State(workdir)
+    split = state.require("split", needed_by="tune")
+    if int(split.get("valid") or 0) == 0:
+        raise DataError("tune needs a valid split to score trials, and the split has none",
+                        hint="run 'bincli split' with a valid ratio above 0, e.g. --ratios 0.8 0.1 0.1")
+    tune = cfg.tune
+    space = search_space(tune.search_space, fixed)
+    train_cfg = cfg.train.model_copy(update={"epochs": tune.epochs, "nproc_per_node": 1})
+    hyperparameters_from(train_cfg)  # fail fast on a bad fixed value, before any trial starts
+    tune_dir = (workdir / TUNE_DIR).resolve()
+    tune_dir.mkdir(parents=True, exist_ok=True)
+
+    fingerprint = _fingerprint(space, train_cfg.model_dump(mode="json"), tune.objective, split)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"bincli-{fingerprint}",
+        storage=f"sqlite:///{tune_dir / 'study.db'}",
+        load_if_exists=True,
+        direction=DIRECTIONS[tune.objective],
+        sampler=optuna.samplers.TPESampler(seed=tune.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    remaining = max(0, tune.max_jobs - len(done))
+    console.print(f"tuning {', '.join(space) or 'nothing (every hyperparameter is fixed)'} over "
+                  f"{tune.max_jobs} trials ({len(done)} done before, {tune.max_parallel} at a time), "
+                  f"{tune.epochs} epoch(s) each, objective {tune.objective}; logs in {tune_dir}",
+                  markup=False, highlight=False, soft_wrap=True)
+    threads = max(1, (os.cpu_count() or 1) // tune.max_parallel)
+    write_lock = threading.Lock()
+
+    def objective(trial) -> float:
+        params = suggest(trial, space)
+        hp = hyperparameters_from(train_cfg, params)
+        hp["classes"] = split["classes"]
+        trial_dir = tune_dir / f"trial-{trial.number:03d}"
+        shutil.rmtree(trial_dir, ignore_errors=True)  # a trial always starts fresh
+        extra = {"data-root": split["data_root"], "checkpoint-dir": str(trial_dir / "checkpoints"),
+                 "cache-dir": str((workdir / "cache").resolve()), "device": cfg.train.device}
+        env = build_env(split, trial_dir, 1)
+        env["OMP_NUM_THREADS"] = str(threads)
+        best: list[float] = []
+
+        def on_line(line: str) -> None:
+            row = parse_epoch_line(line)
+            if row is None or tune.objective not in row:
+                return
+            value = row[tune.objective]
+            best.append(value)
+            trial.report(value, int(row["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}")
+
+        started = time.monotonic()
+        try:
+            code, _ = run_child(build_command(hp, 1, extra), env, trial_dir / "train.log", on_line, grace_s=30)
+        except optuna.TrialPruned:
+            trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
+            console.print(f"trial {trial.number}: pruned after {len(best)} epoch(s) {_show(params)}",
+                          markup=False, highlight=False)
+            raise
+        finally:
+            with write_lock:
+                _write_results(tune_dir / RESULTS_FILE, study, space)
+        trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
+        if code != 0 or not best:
+            console.print(f"trial {trial.number}: failed (exit code {code}; log {trial_dir / 'train.log'})",
+                          markup=False, highlight=False)
+            raise TrialFailed(f"exit code {code}")
+        value = min(best) if DIRECTIONS[tune.objective] == "minimize" else max(best)
+        console.print(f"trial {trial.number}: {tune.objective}={value:.4f} {_show(params)}",
+                      markup=False, highlight=False)
+        return value
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, n_jobs=tune.max_parallel, catch=(TrialFailed,))
+    results = _write_results(tune_dir / RESULTS_FILE, study, space)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise BincliError(f"no trial finished ({len(study.trials)} tried)",
+                          hint=f"see the trial logs in {tune_dir}")
+    best = study.best_trial
+    outputs = {
+        "results": str(results),
+        "study": str(tune_dir / "study.db"),
+        "objective": tune.objective,
+        "trials": len(study.trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_hyperparameters": dict(best.params),
+    }
+    state.record("tune", outputs, {**cfg.tune.model_dump(mode="json"), "fixed": sorted(fixed)})
+    return outputs
+
+
+def _write_results(path: Path, study, space: dict[str, Any]) -> Path:
+    """tune-results.csv: trial, state, value, duration_s, then one column per searched hyperparameter."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = list(space)
+    writer.writerow(["trial", "state", "value", "duration_s", *names])
+    for t in sorted(study.trials, key=lambda t: t.number):
+        writer.writerow([t.number, t.state.name.lower(), "" if t.value is None else f"{t.value:.6f}",
+                         t.user_attrs.get("duration_s", ""), *(t.params.get(n, "") for n in names)])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _fingerprint(space: dict[str, Any], train: dict[str, Any], objective: str, split: dict[str, Any]) -> str:
+    """Same search on the same split -> same study (a rerun continues it); anything else -> a new one."""
+    key = json.dumps({"space": space, "train": train, "objective": objective,
+                      "split": [split.get("manifests_dir"), split.get("train"), split.get("valid")]},
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _show(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

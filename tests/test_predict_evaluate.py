@@ -1,0 +1,86 @@
+"""`bincli evaluate`: a split through the endpoint and through the in-process model, same numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bincli.cli import app
+from bincli.config import load_config
+from bincli.data.split import run_split
+from bincli.errors import DataError, UsageError
+from bincli.evaluate import run_evaluate
+from bincli.serve import load_model
+from bincli.state import State
+from serving_support import ServerThread, model_tar
+
+
+@pytest.fixture
+def work(tmp_path, abid_sample):
+    """A workspace with a real split: 60 ABID images, classes 1-5, made by `bincli split`."""
+    src = tmp_path / "abid"
+    for sub in ("images", "metadata"):
+        (src / sub).mkdir(parents=True)
+    for img in sorted((abid_sample / "images").glob("*.jpg"))[:60]:
+        shutil.copy(img, src / "images" / img.name)
+        shutil.copy(abid_sample / "metadata" / f"{img.stem}.json", src / "metadata" / f"{img.stem}.json")
+    cfg = load_config(None, {"workdir": tmp_path / "work", "split.input": src, "split.ratios": [0.6, 0.1, 0.3]},
+                      env={}).config
+    run_split(cfg.split, cfg.workdir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tar(tmp_path_factory):
+    return model_tar(tmp_path_factory.getbasetemp())
+
+
+def test_endpoint_and_in_process_evaluation_agree(work, tar):
+    local = run_evaluate(work, "test", model=tar)
+    model, tmp = load_model(tar)
+    try:
+        with ServerThread(model, name="bincli-local") as srv:
+            remote = run_evaluate(work, "test", endpoint_url=srv.url)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n_test = State(work.workdir).outputs("split")["test"]
+    a, b = local["report"], remote["report"]
+    assert a["n"] == b["n"] == n_test and local["failed"] == remote["failed"] == 0
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    assert (a["accuracy"], a["per_class"]) == (b["accuracy"], b["per_class"])
+    for key in ("log_loss", "rmse", "mae"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert a["baseline"] == b["baseline"] and a["baseline"]["n"] == n_test
+    assert remote["source"].startswith("'bincli-local' at http://127.0.0.1:")
+
+    # What is on disk says the same: the predictions' hit rate is the accuracy.
+    rows = list(csv.DictReader(io.StringIO(Path(remote["predictions"]).read_text())))
+    assert len(rows) == n_test
+    assert sum(r["count"] == r["predicted"] for r in rows) / n_test == pytest.approx(b["accuracy"])
+    assert json.loads(Path(remote["metrics"]).read_text())["confusion_matrix"] == b["confusion_matrix"]
+    assert Path(remote["figures"]["confusion_matrix"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert State(work.workdir).outputs("evaluate")["accuracy"] == b["accuracy"]
+
+
+def test_evaluate_command_prints_the_metrics_table(work, tar):
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tar), "--split", "valid", "-w", str(work.workdir)])
+    assert result.exit_code == 0, result.output
+    for line in ("accuracy", "log-loss", "RMSE (count)", "MAE (count)", "accuracy of class 1", "baseline"):
+        assert line in result.stderr, line
+    json_run = CliRunner().invoke(app, ["evaluate", "--model", str(tar), "--json", "-w", str(work.workdir)])
+    out = json.loads(json_run.stdout)
+    assert out["split"] == "test" and 0 <= out["accuracy"] <= 1 and out["failed"] == 0
+
+
+def test_evaluate_refuses_what_does_not_fit(work, tmp_path_factory):
+    with pytest.raises(UsageError, match="no such manifest"):
+        run_evaluate(work, "holdout", model=model_tar(tmp_path_factory.getbasetemp()))
+    other = model_tar(tmp_path_factory.getbasetemp(), classes="0-5+")
+    with pytest.raises(DataError, match=r"predicts classes 0-5\+, the split has 1-5"):
+        run_evaluate(work, "test", model=other)

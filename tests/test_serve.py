@@ -1,0 +1,180 @@
+"""bincli's local endpoint (bincli.serve) as a real HTTP server on 127.0.0.1:<free port>."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from bincli.core import inference
+from bincli.core.contract import MAX_PAYLOAD_BYTES
+from bincli.serve import bind, load_model
+from serving_support import ServerThread, bad_requests, model_tar, sample_images
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    loaded, tmp = load_model(model_tar(tmp_path_factory.getbasetemp()))
+    yield loaded
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with ServerThread(model, name="bincli-test") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def in_process(model, body: bytes, content_type: str = "image/jpeg") -> dict:
+    return json.loads(inference.handle_request(model, body, content_type, "application/json")[0])
+
+
+def test_ping(http):
+    r = http.get("/ping")
+    assert r.status_code == 200 and r.json()["status"] == "Healthy"
+
+
+def test_real_jpegs_get_the_in_process_answer(http, model, abid_sample):
+    for path in sample_images(abid_sample, 3):
+        body = path.read_bytes()
+        r = http.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        out = r.json()
+        assert set(out) == {"count", "label", "confidence", "probabilities"}
+        assert out == in_process(model, body)
+
+
+def test_every_bad_input_gets_its_4xx_and_the_server_keeps_answering(http, abid_sample):
+    jpeg = sample_images(abid_sample, 1)[0].read_bytes()
+    for case, body, ctype, status in bad_requests(jpeg):
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = http.post("/invocations", content=body, headers=headers)
+        assert r.status_code == status, (case, r.text)
+        assert isinstance(r.json()["error"], str), case
+        assert http.get("/ping").status_code == 200, case
+    r = http.post("/invocations", content=jpeg, headers={"Content-Type": "image/jpeg", "Accept": "text/csv"})
+    assert r.status_code == 406 and "application/json" in r.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(http):
+    def chunks():
+        for _ in range(MAX_PAYLOAD_BYTES // (1 << 20) + 2):
+            yield b"\0" * (1 << 20)
+
+    r = http.post("/invocations", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "6 MB" in r.json()["error"]
+    assert http.get("/ping").status_code == 200
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, model, abid_sample):
+    bodies = [p.read_bytes() for p in sample_images(abid_sample)] * 2
+    expected = [in_process(model, b) for b in bodies]
+
+    def call(body):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return c.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(call, bodies)) == expected
+
+
+def test_inference_does_not_block_ping(model, abid_sample):
+    gate = threading.Event()
+
+    class Gated(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            assert gate.wait(30)
+            return self.net(x)
+
+    gated = dataclasses.replace(model, net=Gated(model.net))
+    body = sample_images(abid_sample, 1)[0].read_bytes()
+    with ServerThread(gated, name="gated", threads=1) as srv, ThreadPoolExecutor(1) as pool, \
+            httpx.Client(base_url=srv.url, timeout=30) as c, httpx.Client(base_url=srv.url, timeout=5) as other:
+        pending = pool.submit(c.post, "/invocations", content=body, headers={"Content-Type": "image/jpeg"})
+        deadline = time.monotonic() + 10
+        while srv.app.state.stats.in_flight < 1:  # the request is inside the handler now
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert other.get("/ping").status_code == 200
+        assert other.get("/metrics").json()["in_flight"] == 1
+        assert not pending.done()
+        gate.set()
+        assert pending.result().status_code == 200
+
+
+def test_metrics_count_requests_errors_and_latency(http, abid_sample):
+    before = http.get("/metrics").json()
+    jpeg = sample_images(abid_sample, 1)[0].read_bytes()
+    for body in (jpeg, jpeg, b"junk"):
+        http.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"})
+    after = http.get("/metrics").json()
+    assert after["requests"] - before["requests"] == 3
+    assert after["errors"] - before["errors"] == 1
+    assert after["by_status"]["200"] - before["by_status"].get("200", 0) == 2
+    assert after["latency_ms"]["p50"] > 0 and after["latency_ms"]["p95"] >= after["latency_ms"]["p50"]
+
+
+def test_boto3_invoke_endpoint_reaches_the_runtime_path(server, model, abid_sample):
+    import boto3
+    import botocore
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=server.url,
+                          config=Config(signature_version=botocore.UNSIGNED))
+    body = sample_images(abid_sample, 1)[0].read_bytes()
+    resp = client.invoke_endpoint(EndpointName=server.name, Body=body, ContentType="image/jpeg")
+    assert resp["ContentType"] == "application/json"
+    assert json.loads(resp["Body"].read()) == in_process(model, body)
+    with pytest.raises(ClientError) as exc:  # SageMaker wraps the container's 4xx in a ModelError
+        client.invoke_endpoint(EndpointName=server.name, Body=b"junk", ContentType="image/jpeg")
+    assert exc.value.response["Error"]["Code"] == "ModelError"
+    assert exc.value.response["OriginalStatusCode"] == 400
+    assert exc.value.response["OriginalMessage"] == "request body is not a JPEG or PNG image"
+    with pytest.raises(ClientError) as exc:
+        client.invoke_endpoint(EndpointName="no-such-endpoint", Body=body, ContentType="image/jpeg")
+    assert exc.value.response["Error"]["Code"] == "ValidationError"
+
+
+def test_unknown_paths_and_methods_answer_json(http):
+    r = http.get("/nope")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    assert http.get("/invocations").status_code == 405
+
+
+def test_info_names_the_endpoint_and_its_classes(http, server):
+    info = http.get("/info").json()
+    assert info["name"] == server.name and info["labels"] == ["1", "2", "3", "4", "5"]
+
+
+def test_server_process_refuses_a_taken_port(tmp_path):
+    taken = bind("127.0.0.1", 0)
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "bincli.serve", "--model", str(tmp_path / "m.tar.gz"),
+                               "--port", str(port)], capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert proc.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: " in proc.stderr

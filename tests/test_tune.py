@@ -1,0 +1,94 @@
+"""`bincli tune`: real Optuna trials of the real entry point on a tiny generated split."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bincli.cli import app
+from bincli.config import Config, SplitConfig
+from bincli.data.split import run_split
+from bincli.errors import DataError
+from bincli.state import State
+from bincli.tuning import run_tune, search_space
+from helpers import make_abid_folder
+
+runner = CliRunner()
+TINY = ["--image-size", "32", "--workers", "0", "--no-cache"]
+
+
+@pytest.fixture(scope="module")
+def split_work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    make_abid_folder(root / "data", {1: 12, 2: 12, 3: 12}, size=32)
+    run_split(SplitConfig(input=root / "data", classes="1-3", ratios=(0.6, 0.2, 0.2)), root / "w")
+    return root / "w"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_flags_given_are_fixed_and_taken_out_of_the_search():
+    space = search_space(Config().tune.search_space, fixed={"lr"})
+    assert set(space) == {"weight_decay", "batch_size"}
+    assert space["batch_size"] == [16, 32, 64]
+
+
+@pytest.mark.slow
+def test_tune_runs_trials_records_best_and_rerun_continues(split_work, in_tmp):
+    args = ["tune", "-w", str(split_work), "--max-jobs", "3", "--max-parallel", "2", "--epochs", "1",
+            "--lr", "0.005", *TINY, "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["trials"] == 3 and out["complete"] + out["pruned"] == 3
+
+    rows = _rows(split_work / "tune" / "tune-results.csv")
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert set(rows[0]) == {"trial", "state", "value", "duration_s", "weight_decay", "batch_size"}  # lr fixed
+    best = min((r for r in rows if r["state"] == "complete"), key=lambda r: float(r["value"]))
+    assert out["best_trial"] == int(best["trial"])
+    assert out["best_hyperparameters"]["batch_size"] == int(best["batch_size"])
+    for trial in range(3):  # every trial ran the entry point with the fixed lr
+        head = (split_work / "tune" / f"trial-{trial:03d}" / "train.log").read_text().splitlines()[0]
+        assert "--lr 0.005" in head and "--image-size 32" in head and "--epochs 1" in head
+
+    recorded = State(split_work).outputs("tune")
+    assert recorded["best_hyperparameters"] == out["best_hyperparameters"]
+
+    again = runner.invoke(app, args)  # same search: nothing left to run
+    assert again.exit_code == 0 and json.loads(again.stdout)["trials"] == 3
+    more = runner.invoke(app, [*args[:4], "4", *args[5:]])  # one more trial asked for: only that one runs
+    assert more.exit_code == 0 and json.loads(more.stdout)["trials"] == 4
+
+
+@pytest.mark.slow
+def test_train_from_tune_uses_the_best_trial(split_work, in_tmp):
+    best = {"best_hyperparameters": {"batch_size": 8, "weight_decay": 0.002}}
+    State(split_work).record("tune", best)
+    result = runner.invoke(app, ["train", "-w", str(split_work), "--from-tune", "--epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    snapshot = yaml.safe_load((split_work / "train" / "config.yaml").read_text())
+    assert snapshot["from_tune"] is True
+    assert snapshot["hyperparameters"]["batch-size"] == 8
+    assert snapshot["hyperparameters"]["weight-decay"] == 0.002
+
+
+def test_tune_needs_a_valid_split(tmp_path):
+    make_abid_folder(tmp_path / "data", {1: 4, 2: 4}, size=32)
+    run_split(SplitConfig(input=tmp_path / "data", classes="1-2", ratios=(0.9, 0.0, 0.1)), tmp_path / "w")
+    cfg = Config(workdir=tmp_path / "w")
+    with pytest.raises(DataError, match="tune needs a valid split"):
+        run_tune(cfg)
+
+
+def test_tune_before_split_says_what_to_run(tmp_path, in_tmp):
+    result = runner.invoke(app, ["tune", "-w", str(tmp_path / "w")])
+    assert result.exit_code == 1
+    assert "run 'bincli split' first" in result.stderr
