@@ -126,8 +126,12 @@ def test_state_records_outputs_and_reads_download(data, tmp_path):
     work = tmp_path / "w"
     with pytest.raises(StateError, match="run 'bincli download' first"):
         run_split(SplitConfig(), work)
-    State(work).record("download", {"data_dir": str(data)})
+    selection = ["00004", "00005", "00006", "00007", "00030", "00031"]  # classes 1 and 2 only
+    (tmp_path / "ids.txt").write_text("\n".join(selection) + "\n")
+    State(work).record("download", {"data_dir": str(data), "ids_file": str(tmp_path / "ids.txt")})
     out = run_split(SplitConfig(), work)
+    listed = {r["id"] for s in ("train", "valid", "test") for r in _rows(out["manifests"][s])}
+    assert listed == set(selection)  # only the last download's selection, not all of data/
     record = State(work).step("split")
     assert record["outputs"]["manifests"] == out["manifests"]
     assert record["outputs"]["data_root"] == str(data.resolve())

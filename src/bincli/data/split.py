@@ -45,8 +45,10 @@ class Rejected:
     reason: str
 
 
-def resolve_input(cfg_input: Path | None, state: State) -> Path:
-    """The data root: --input / split.input, else what `download` recorded."""
+def resolve_input(cfg_input: Path | None, state: State) -> tuple[Path, set[str] | None]:
+    """The data root and the ids to use: --input / split.input (every id in it), else what
+    `download` recorded (only the ids of its last selection: data/ may hold earlier downloads)."""
+    selection = None
     if cfg_input is not None:
         root = Path(cfg_input)
     else:
@@ -55,15 +57,20 @@ def resolve_input(cfg_input: Path | None, state: State) -> Path:
             raise StateError("split has no input: 'bincli download' has not run in this workspace",
                              hint="run 'bincli download' first, or pass --input DIR")
         root = Path(outputs["data_dir"])
+        if outputs.get("ids_file") and Path(outputs["ids_file"]).is_file():
+            from bincli.data.abid import read_ids_file
+
+            selection = set(read_ids_file(outputs["ids_file"]))
     if not (root / "metadata").is_dir() or not (root / "images").is_dir():
         raise DataError(f"{root}: expected an ABID folder with images/ and metadata/ inside")
-    return root.resolve()
+    return root.resolve(), selection
 
 
-def scan(root: Path, workers: int = 8) -> tuple[list[Item], list[Rejected], dict[str, str]]:
-    """Read metadata and check every image. Returns (good items, rejected, sha256 by id)."""
-    meta_ids = {p.stem: p for p in (root / "metadata").glob("*.json")}
-    image_ids = {p.stem for p in (root / "images").glob("*.jpg")}
+def scan(root: Path, workers: int = 8,
+         only: set[str] | None = None) -> tuple[list[Item], list[Rejected], dict[str, str]]:
+    """Read metadata and check every image (of `only`, if given). Returns (good items, rejected, sha256 by id)."""
+    meta_ids = {p.stem: p for p in (root / "metadata").glob("*.json") if only is None or p.stem in only}
+    image_ids = {p.stem for p in (root / "images").glob("*.jpg") if only is None or p.stem in only}
     rejected = [Rejected(i, "image without metadata") for i in sorted(image_ids - meta_ids.keys())]
     rejected += [Rejected(i, "metadata without image") for i in sorted(meta_ids.keys() - image_ids)]
     ids = sorted(meta_ids.keys() & image_ids)
@@ -232,9 +239,9 @@ def write_histogram(path: Path, table: list[dict[str, Any]]) -> None:
 def run_split(cfg: SplitConfig, workdir: Path) -> dict[str, Any]:
     """The whole step. Returns the result (also recorded in state as 'split')."""
     state = State(workdir)
-    root = resolve_input(cfg.input, state)
+    root, selection = resolve_input(cfg.input, state)
     spec = ClassSpec.parse(cfg.classes)
-    items, rejected, _ = scan(root)
+    items, rejected, _ = scan(root, only=selection)
     if not items:
         raise DataError(f"{root}: no usable image (checked {len(rejected)} files; see the reasons with --json)")
     splits, outside = assign(items, spec, cfg.ratios, cfg.seed, cfg.max_per_class)
