@@ -129,6 +129,8 @@ def test_finished_run_has_nothing_to_resume_and_changed_settings_are_refused(tmp
     base = train_args(tiny, tmp_path, "--epochs", "1")
     first = run(base)
     (tmp_path / "model" / "model.pth").unlink()
+    for image in Path(tiny["data_root"], "images").iterdir():  # the same data, copied again (new mtimes)
+        os.utime(image, (1e9, 1e9))
     seen = []
     with caplog.at_level("INFO", logger="bincli.train"):
         again = run(base, on_epoch_end=lambda e, r: seen.append(e))

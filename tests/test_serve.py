@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -178,3 +179,14 @@ def test_server_process_refuses_a_taken_port(tmp_path):
         taken.close()
     assert proc.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}: " in proc.stderr
+
+
+def test_connections_send_without_nagle_delay(server, http):
+    # asyncio turns on TCP_NODELAY only for sockets it sees as TCP: without it, a keep-alive client waits
+    # ~40 ms per request (Nagle holding the response's second write until the client's delayed ACK).
+    assert http.get("/ping").status_code == 200
+    conns = list(server.server.server_state.connections)
+    assert conns
+    for proto in conns:
+        sock = proto.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

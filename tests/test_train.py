@@ -95,15 +95,22 @@ LINES = [
 def test_progress_on_a_terminal_and_plain(live):
     console = Console(force_terminal=live, width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     with TrainProgress(console, epochs=3, live=live) as progress:
-        for line in LINES:
+        for line in LINES[:3]:
+            progress.line(line)
+        if live:  # the bar of the running epoch, with img/s, loss and accuracy
+            shown = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+            shown.print(progress.bar())
+            bar = shown.export_text()
+            assert "epoch 1/3" in bar and "6/6" in bar and "42.5 img/s  loss 1.6000  acc 0.300" in bar
+        else:
+            assert progress.bar() is None
+        for line in LINES[3:]:
             progress.line(line)
     text = console.export_text()
     assert "epoch 1/3  |  train loss 1.6000 acc 0.300  |  valid loss 1.5000 acc 0.350 rmse 1.100 mae 0.900" in text
     assert "INFO bincli.train: data: train 48" in text and "2026-11-25" not in text
     assert progress.errors == ["something broke"] and progress.epoch_rows[0]["valid_acc"] == 0.35
-    if live:  # the bar, with img/s, loss and accuracy
-        assert "42.5 img/s  loss 1.6000  acc 0.300" in text and "6/6" in text
-    else:
+    if not live:
         assert "progress epoch" not in text and "img/s  loss" not in text
 
 

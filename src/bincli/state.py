@@ -22,7 +22,7 @@ from bincli.errors import StateError
 STATE_FILE = "state.json"
 
 # The order of the pipeline, and which step must have run before each.
-STEP_ORDER = ("download", "split", "upload", "tune", "train", "deploy")
+STEP_ORDER = ("download", "split", "upload", "tune", "train", "deploy", "evaluate")
 PREREQUISITE = {"split": "download", "upload": "split", "tune": "split", "train": "split", "deploy": "train"}
 
 

@@ -177,6 +177,10 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def bar(self):
+        """The live bar as a renderable (None when not live)."""
+        return self._progress.get_renderable() if self._progress is not None else None
+
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(text, markup=False, highlight=False, style=style, soft_wrap=True)
 
@@ -192,9 +196,9 @@ class TrainProgress:
         row = parse_epoch_line(text)
         if row is not None:
             self.epoch_rows.append(row)
-            if self._progress is not None and self._task is not None and self._task_epoch == row["epoch"]:
-                task = self._progress.tasks[self._task]
-                self._progress.update(self._task, completed=task.total)
+            if self._progress is not None and self._task is not None:
+                self._progress.remove_task(self._task)  # the summary line replaces the finished bar
+                self._task = self._task_epoch = None
             self._print(self.epoch_summary(row, self.epochs))
             return
         text = _LOG_PREFIX.sub("", text)
@@ -322,8 +326,13 @@ def run_train(cfg: TrainConfig, workdir: Path, *, from_tune: bool = False, fresh
             where = f" at epoch {progress.interrupted[0]}" if progress.interrupted else ""
             raise TrainingInterrupted(f"training interrupted{where}; the checkpoint is in {ckpt_dir}",
                                       hint="run 'bincli train' again to resume (same settings), or --fresh")
-        reason = (progress.errors[-1] if progress.errors else
-                  f"exit code {code}" + (f": {progress.tail[-1]}" if progress.tail else ""))
+        if progress.errors:
+            reason = progress.errors[-1]
+        elif code < 0:
+            reason = f"the training process was killed by signal {-code}" + (
+                " (out of memory? try a smaller --batch-size or fewer --workers)" if -code == signal.SIGKILL else "")
+        else:
+            reason = f"exit code {code}" + (f": {progress.tail[-1]}" if progress.tail else "")
         hint = f"full log: {log_path}"
         if any("--resume never" in h for h in progress.hints):  # the checkpoint cannot be resumed
             hint = "rerun with --fresh to start over" + (

@@ -14,6 +14,7 @@ _KEY_OUTPUTS = {
     "tune": ("trials", "best_trial", "best_value"),
     "train": ("model", "accuracy"),
     "deploy": ("name", "url"),
+    "evaluate": ("split", "accuracy", "rmse"),
 }
 
 

@@ -115,12 +115,15 @@ def load_channel(channel_dir: str | Path, channel: str, spec: ClassSpec,
     return samples
 
 
-def fingerprint(samples: Sequence[Sample]) -> str:
-    """Identifies a data set by its ids, classes, files and their sizes/mtimes (for caches and resume)."""
+def fingerprint(samples: Sequence[Sample], files: bool = True) -> str:
+    """Identifies a data set. files=True (caches): ids, classes, paths, sizes and mtimes, so any change
+    to a file invalidates. files=False (resume): ids, classes and sizes only, so the same data copied
+    elsewhere (a restarted SageMaker job downloads its channels again) still matches."""
     h = hashlib.sha1()
     for s in samples:
         st = s.path.stat()
-        h.update(f"{s.id}\0{s.target}\0{s.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        where = f"{s.path.resolve()}\0{st.st_mtime_ns}" if files else ""
+        h.update(f"{s.id}\0{s.target}\0{st.st_size}\0{where}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -80,6 +80,15 @@ def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sync_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at the start
+    of each forward, so after the last training step each rank holds its own update: sync before
+    evaluating or saving, so every rank evaluates, and keeps, the same model."""
+    if ctx.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True on every rank if it is True on any rank (e.g. 'stop requested')."""
     if not ctx.distributed:

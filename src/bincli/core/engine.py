@@ -141,28 +141,40 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                     schedule: WarmupSchedule, *, epoch: int, steps_per_epoch: int, ctx: DistContext,
                     first_step: int = 0, carry: dict[str, float] | None = None,
                     scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-                    channels_last: bool = True, on_step: Callable[[int, dict[str, float]], None] | None = None,
+                    channels_last: bool = True,
+                    on_step: Callable[[int, Callable[[], dict[str, float]]], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One pass over `loader` (the rest of epoch `epoch`, 1-based, from batch `first_step`).
 
+    on_step(step, running) is called after every step; `running()` gives this rank's running loss,
+    accuracy and the job's img/s (calling it waits for the GPU, so call it only to print).
     Returns train_loss (the criterion, label smoothing included) and train_acc averaged over all
     ranks, images, seconds, train_img_s, lr, the number of steps done, and `completed`: False when
     `should_stop()` asked to stop early (then `carry` holds the partial sums to resume from).
     """
     model.train()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct, n, seconds (this rank, since epoch start)
+    # loss*n and correct accumulate on the device: no host sync per step
+    acc = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    n, seconds0 = 0.0, 0.0
     if carry:
-        sums += torch.tensor([carry["loss_sum"], carry["correct"], carry["n"], carry["seconds"]], dtype=torch.float64)
+        acc += torch.tensor([carry["loss_sum"], carry["correct"]], dtype=torch.float64, device=ctx.device)
+        n, seconds0 = float(carry["n"]), float(carry["seconds"])
+    check_every = 1 if ctx.device.type == "cpu" else 50
     step, completed = first_step, True
     t0 = time.perf_counter()
-    seconds0 = float(sums[3])
+
+    def running() -> dict[str, float]:
+        loss_sum, correct = acc.tolist()
+        secs = seconds0 + time.perf_counter() - t0
+        return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "img_s": n * ctx.world_size / max(secs, 1e-9)}
+
     for images, targets in loader:
         images, targets = _to_device(images, targets, ctx.device, channels_last)
         schedule.step_to(epoch - 1 + step / max(1, steps_per_epoch))
         with _autocast(ctx.device, amp_dtype):
             logits = model(images)
             loss = criterion(logits, targets)
-        if not torch.isfinite(loss):
+        if (step + 1) % check_every == 0 and not torch.isfinite(loss):
             raise TrainError(f"training diverged: loss is {loss.item()} at epoch {epoch} step {step + 1} "
                              f"(lr {schedule.lr:.3g}); try a lower --lr or more --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
@@ -173,21 +185,23 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         else:
             loss.backward()
             optimizer.step()
-        n = targets.shape[0]
-        sums[0] += loss.item() * n
-        sums[1] += (logits.argmax(dim=1) == targets).sum().item()
-        sums[2] += n
+        batch = targets.shape[0]
+        acc[0] += loss.detach().double() * batch
+        acc[1] += (logits.argmax(dim=1) == targets).sum()
+        n += batch
         step += 1
-        sums[3] = seconds0 + time.perf_counter() - t0
         if on_step is not None:
-            on_step(step, {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2]),
-                           "img_s": float(sums[2] * ctx.world_size / max(sums[3], 1e-9))})
+            on_step(step, running)
         if should_stop is not None and any_rank(ctx, should_stop()) and step < steps_per_epoch:
             completed = False
             break
-    local = {"loss_sum": float(sums[0]), "correct": float(sums[1]), "n": float(sums[2]), "seconds": float(sums[3])}
-    total = all_reduce_sum(ctx, sums[:3].clone().to(ctx.device)).cpu()
-    seconds = float(sums[3])
+    seconds = seconds0 + time.perf_counter() - t0
+    loss_sum, correct = acc.tolist()
+    if not math.isfinite(loss_sum):
+        raise TrainError(f"training diverged: the loss of epoch {epoch} is {loss_sum}; "
+                         f"try a lower --lr or more --warmup-epochs")
+    local = {"loss_sum": loss_sum, "correct": correct, "n": n, "seconds": seconds}
+    total = all_reduce_sum(ctx, torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=ctx.device)).cpu()
     n_all = float(total[2])
     return {
         "train_loss": float(total[0] / n_all) if n_all else float("nan"),

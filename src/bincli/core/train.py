@@ -220,12 +220,12 @@ class _ProgressPrinter:
         self.epoch, self.steps, self.interval, self.enabled = epoch, steps, interval, enabled
         self.last = time.monotonic()
 
-    def __call__(self, step: int, running: dict[str, float]) -> None:
+    def __call__(self, step: int, running: Callable[[], dict[str, float]]) -> None:
         now = time.monotonic()
         if self.enabled and (now - self.last >= self.interval or step == self.steps):
             self.last = now
-            print(format_progress_line(self.epoch, step, self.steps, running["loss"], running["acc"],
-                                       running["img_s"]), flush=True)
+            r = running()
+            print(format_progress_line(self.epoch, step, self.steps, r["loss"], r["acc"], r["img_s"]), flush=True)
 
 
 # ---------------------------------------------------------------- main
@@ -270,7 +270,7 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
     train_samples = load_channel(args.train, "train", spec, args.data_root)
     valid_samples = load_channel(args.valid, "valid", spec, args.data_root) if args.valid else []
     test_samples = load_channel(args.test, "test", spec, args.data_root) if args.test else []
-    data_fp = fingerprint(train_samples)
+    data_fp = fingerprint(train_samples, files=False)
     size = args.image_size
     cache_dir = args.cache_dir if args.cache else None
     train_set = CountDataset(train_samples, size, train_transform(size), open_cache(cache_dir, train_samples, size))
@@ -295,6 +295,8 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
         log.warning("--weights-file is ignored without --pretrained")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(ctx.device, memory_format=fmt)
+    if ctx.distributed:  # the same initial weights everywhere, then each rank its own augmentation stream
+        _seed_everything(args.seed + 1_000_003 * ctx.rank)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -324,7 +326,10 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
         carry = ckpt.get("carry")
         if carry:  # job-wide sums: each rank adds its share, the epoch's all-reduce adds them up again
             carry = {k: (v if k == "seconds" else v / ctx.world_size) for k, v in carry.items()}
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or []
+        set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
+        if len(ranks) != ctx.world_size and ctx.rank:  # another world size than before: fresh streams
+            _seed_everything(args.seed + 1_000_003 * ctx.rank + 7919 * start_epoch)
         finished, stop_reason = ckpt.get("finished", False), ckpt.get("stop_reason")
         if finished and stop_reason == "completed" and args.epochs > ckpt["epoch"]:
             finished = False
@@ -333,7 +338,9 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
         best_buf = D.broadcast_file(ctx, ckpt_dir / CHECKPOINT_BEST)
         best_state = load_checkpoint(best_buf)["model"] if best_buf is not None else None
         if main:
-            if finished:
+            if args.eval_only:
+                log.info("evaluating the best model (epoch %d) of %s", best_epoch, ckpt_dir)
+            elif finished:
                 log.info("nothing to resume: the run in %s finished at epoch %d (%s); writing the model from "
                          "its best epoch (%d). To train from scratch: --resume never (bincli train --fresh)",
                          ckpt_dir, ckpt["epoch"], stop_reason, best_epoch)
@@ -349,11 +356,13 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
         model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if pin else None)
 
     def checkpoint(epoch: int, next_: dict[str, int], is_best: bool, carry_: dict | None = None) -> None:
+        rng_ranks = D.gather_objects(ctx, rng_state()) if ctx.distributed else []
         if main:
             save_checkpoint({
                 "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "schedule": schedule.state_dict(),
-                "rng": rng_state(), "epoch": epoch, "next": next_, "carry": carry_, "history": history,
+                "rng": rng_state(), "rng_ranks": rng_ranks, "epoch": epoch, "next": next_, "carry": carry_,
+                "history": history,
                 "best_loss": stopper.best, "bad_epochs": stopper.bad_epochs, "best_epoch": best_epoch,
                 "finished": finished, "stop_reason": stop_reason, "args": _plain(vars(args)),
                 "hyperparameters": _plain(hyperparameters(args)), "classes": str(spec), "data": data_fp,
@@ -382,6 +391,7 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
                 ctx=ctx, first_step=first_step, carry=carry if epoch == start_epoch else None, scaler=scaler,
                 amp_dtype=amp_dtype, channels_last=args.channels_last, should_stop=stop,
                 on_step=_ProgressPrinter(epoch, steps_per_epoch, args.log_interval, main))
+            D.sync_buffers(ctx, model)
             if not stats["completed"]:
                 consumed = sample0 + (stats["steps"] - first_step) * step_size
                 totals = {"loss_sum": stats["train_loss"] * stats["images"], "correct": stats["train_acc"] *
@@ -483,6 +493,16 @@ def _write_outputs(model_dir: Path, output_dir: Path, state: dict[str, torch.Ten
         write_confusion_png(output_dir / CONFUSION_PNG, metrics[split], f"confusion matrix ({split} split)")
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of an expected error, also when a DataLoader worker raised it (then torch wraps
+    it in 'Caught DataError in DataLoader worker process 0. Original Traceback ...')."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = get_args_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -497,10 +517,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.warning("%s", exc)
         sys.exit(128 + exc.signum)
     except DataError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", _one_line(exc))
         sys.exit(2)
     except TrainError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", _one_line(exc))
         if exc.hint:
             log.error("hint: %s", exc.hint)
         sys.exit(1)
