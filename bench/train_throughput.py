@@ -109,7 +109,13 @@ def main() -> None:
         print(f"  {name:16s} (n={r['n']}, e.g. {r['example_size']}): PIL {r['PIL']:.2f} ms, "
               f"decode_jpeg {r['decode_jpeg']:.2f} ms  -> {r['PIL'] / r['decode_jpeg']:.2f}x")
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="bincli-bench-cache-"))
+    with tempfile.TemporaryDirectory(prefix="bincli-bench-cache-") as tmp:
+        run(a, samples, Path(tmp))
+
+
+def run(a: argparse.Namespace, samples: list[Sample], cache_dir: Path) -> None:
+    size, bs = a.image_size, a.batch_size
+    spec = ClassSpec.parse("0-5+")
     tf = train_transform(size)
     print("\n== data pipeline alone (decode/cache -> resize -> train preset -> batches)")
     cpu_cold_ds = CountDataset(samples, size, tf, open_cache(cache_dir / "cpu", samples, size))

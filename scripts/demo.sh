@@ -6,8 +6,8 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 SHARED=${SHARED:-../shared}
 WORK=${DEMO_WORK:-bincli-work}
-PER_CLASS=${DEMO_PER_CLASS:-60}
-EPOCHS=${DEMO_EPOCHS:-3}
+PER_CLASS=${DEMO_PER_CLASS:-256}
+EPOCHS=${DEMO_EPOCHS:-5}
 SAMPLE="$SHARED/abid-sample"
 if [ ! -d "$SAMPLE/images" ]; then
   echo "demo needs the ABID sample at $SAMPLE (set SHARED=/path/to/shared)" >&2

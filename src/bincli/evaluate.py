@@ -17,12 +17,12 @@ import csv
 import io
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bincli.config import Config
 from bincli.errors import DataError, UsageError
+from bincli.predict import map_concurrently
 from bincli.state import State
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -58,13 +58,7 @@ def _answer_all_remote(predictor, samples, concurrency: int, tick: Callable[[], 
         finally:
             tick()
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(one, s) for s in samples]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    return map_concurrently(one, samples, concurrency)
 
 
 def _answer_all_local(predictor, samples, tick: Callable[[], None]) -> list[dict[str, Any]]:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bincli.config import Config
 from bincli.core.contract import JSON_CONTENT_TYPE
 from bincli.errors import BincliError, StateError, UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 DEFAULT_CONTENT_TYPE = "application/x-image"
@@ -197,8 +200,13 @@ def predict_files(predictor, images: Sequence[Path], concurrency: int = 8) -> li
 
     if concurrency <= 1 or len(images) == 1:
         return [one(p) for p in images]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(one, p) for p in images]
+    return map_concurrently(one, images, concurrency)
+
+
+def map_concurrently(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """[fn(x) for x in items] on a thread pool, in order; Ctrl-C or an error cancels what has not started."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, item) for item in items]
         try:
             return [f.result() for f in futures]
         except BaseException:
