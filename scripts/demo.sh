@@ -21,7 +21,7 @@ rm -f "$WORK/mirror.url"
 "$BIN/python" "$SHARED/tools/abid_mirror.py" --data "$SAMPLE" --port 0 --url-file "$WORK/mirror.url" \
   > "$WORK/mirror.log" 2>&1 &
 MIRROR=$!
-cleanup() { bincli teardown -w "$WORK" -q >/dev/null 2>&1 || true; kill "$MIRROR" 2>/dev/null || true; }
+cleanup() { bincli teardown -w "$WORK" >/dev/null 2>&1 || true; kill "$MIRROR" 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 600); do
   [ -s "$WORK/mirror.url" ] && break
@@ -41,8 +41,10 @@ bincli train -w "$WORK" --epochs "$EPOCHS" --image-size 128 --no-pretrained
 
 echo "== deploy a local endpoint, predict one photo, evaluate the test split through it"
 bincli deploy -w "$WORK" --port 0
-IMAGE=$(ls "$WORK"/data/images/*.jpg | head -n 1)
-bincli predict -w "$WORK" "$IMAGE"
+# The first photo of the test split; its label is the count a person wrote down for the bin.
+IFS=, read -r _ IMAGE_PATH TRUE_COUNT < <(sed -n 2p "$WORK/splits/test.csv")
+echo "photo $IMAGE_PATH, labelled count $TRUE_COUNT"
+bincli predict -w "$WORK" "$WORK/data/$IMAGE_PATH"
 bincli evaluate -w "$WORK" --split test
 
 echo "== teardown"

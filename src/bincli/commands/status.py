@@ -18,6 +18,11 @@ _KEY_OUTPUTS = {
 }
 
 
+def _short(value) -> str:
+    """Floats to 4 significant digits so the table stays readable; --json keeps full precision."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def status(config: ConfigOpt = None, workdir: WorkdirOpt = None, json_out: JsonOpt = False,
            sets: SetOpt = None) -> None:
     """Show which steps are done in the workspace, when, and their key outputs.
@@ -46,7 +51,7 @@ def status(config: ConfigOpt = None, workdir: WorkdirOpt = None, json_out: JsonO
         for row in rows:
             shown = {k: row["outputs"][k] for k in _KEY_OUTPUTS.get(row["step"], ()) if k in row["outputs"]}
             table.add_row(row["step"], "done" if row["done"] else "not run", row["finished_at"] or "",
-                          ", ".join(f"{k}={v}" for k, v in shown.items()))
+                          ", ".join(f"{k}={_short(v)}" for k, v in shown.items()))
         err.print(table)
 
     finish(result, json_out, render)
