@@ -172,6 +172,56 @@ def test_multipart_file_is_recognised_on_rerun_even_with_another_part_size(tmp_p
     assert run_upload(cfg, workdir, progress=False)["uploaded"] == 0
 
 
+def _real_split(tmp_path, layout: str) -> tuple[Path, Path]:
+    """A split made by `bincli split` itself on generated ABID data."""
+    from bincli.config import SplitConfig
+    from bincli.data.split import run_split
+
+    data = tmp_path / "data"
+    make_abid_folder(data, {1: 5, 2: 5, 3: 5}, size=32)
+    workdir = tmp_path / "work"
+    run_split(SplitConfig(input=data, ratios=(0.6, 0.2, 0.2), classes="1-3", layout=layout), workdir)
+    return workdir, data
+
+
+def test_folders_layout_uploads_count_folders_the_core_reads(tmp_path, s3):
+    """--layout folders: `<split>/<count>/<id>.jpg`, no manifest; a rerun sends nothing; the
+    channel, copied back down, is read by the core with the labels the metadata gave."""
+    from bincli.core.classes import ClassSpec
+    from bincli.core.data import load_channel
+
+    workdir, data = _real_split(tmp_path, "folders")
+    cfg = UploadConfig(s3_uri=f"s3://{s3.bucket}/f", layout="folders")
+    out = run_upload(cfg, workdir, progress=False)
+    keys = set(_objects(s3))
+    assert out["uploaded"] == len(keys) == 15 and out["manifests"] is None and out["layout"] == "folders"
+    assert all(k.endswith(".jpg") and len(k.split("/")) == 4 for k in keys)  # f/<split>/<count>/<id>.jpg
+    assert {k.split("/")[1] for k in keys} == set(SPLITS)
+    assert run_upload(cfg, workdir, progress=False)["uploaded"] == 0
+
+    down = tmp_path / "channel"
+    for key in keys:
+        if key.startswith("f/train/"):
+            target = down / key.removeprefix("f/train/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(s3.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    spec = ClassSpec.parse("1-3")
+    samples = load_channel(down, "train", spec)
+    for sample in samples:
+        meta = json.loads((data / "metadata" / f"{sample.id}.json").read_text())
+        assert sample.target == spec.index(meta["EXPECTED_QUANTITY"])
+    assert len(samples) == 9
+
+
+def test_folders_layout_needs_a_split_with_folders(tmp_path, s3):
+    workdir, _ = _real_split(tmp_path, "manifest")
+    with pytest.raises(ConfigError, match=r"upload\.layout: folders needs the split's folder layout"):
+        run_upload(UploadConfig(s3_uri=f"s3://{s3.bucket}/f", layout="folders"), workdir, progress=False)
+    with pytest.raises(ConfigError, match="split --layout folders"):
+        run_upload(UploadConfig(layout="folders"), workdir)  # local backend: same check
+    assert _objects(s3) == {}
+
+
 def test_missing_bucket_is_one_clear_error(split, s3):
     with pytest.raises(BincliError, match="bucket does not exist"):
         run_upload(UploadConfig(s3_uri="s3://no-such-bucket-here/x"), split[0], progress=False)

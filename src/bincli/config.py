@@ -111,6 +111,7 @@ class SplitConfig(Section):
 
 class UploadConfig(Section):
     s3_uri: S3Uri | None = None
+    layout: Literal["manifest", "folders"] = "manifest"
     endpoint_url: Url | None = None
     workers: int = Field(16, ge=1, le=256)
 

@@ -18,6 +18,9 @@ def upload(
     s3_uri: Annotated[str | None, typer.Option(
         "--s3-uri", help="Where the channels go: s3://bucket/prefix (default: none = local backend, no-op).",
         show_default=False)] = None,
+    layout: Annotated[str | None, typer.Option(
+        "--layout", help="manifest (default: <split>.csv + images/) or folders (<split>/<count>/<id>.jpg).",
+        show_default=False)] = None,
     endpoint_url: Annotated[str | None, typer.Option(
         "--endpoint-url", help="S3-compatible server instead of AWS (default: boto3's, e.g. AWS_ENDPOINT_URL).",
         show_default=False)] = None,
@@ -26,7 +29,8 @@ def upload(
 ) -> None:
     """Upload the split to s3://bucket/prefix/{train,valid,test}/ for SageMaker channels.
 
-    Each channel holds its manifest (train/train.csv) and its images (train/images/<id>.jpg).
+    Each channel holds its manifest (train/train.csv) and its images (train/images/<id>.jpg),
+    or with --layout folders the split's folder layout (train/<count>/<id>.jpg).
     Incremental: objects already there with the same size and checksum are skipped. With the
     local backend and no --s3-uri nothing moves: the local channel folders are recorded.
 
@@ -34,6 +38,7 @@ def upload(
     """
     loaded = load(config, workdir, sets, {
         "upload.s3_uri": ("--s3-uri", s3_uri), "upload.endpoint_url": ("--endpoint-url", endpoint_url),
+        "upload.layout": ("--layout", layout),
         "upload.workers": ("--workers", workers),
     })
     from bincli.data.upload import run_upload

@@ -7,6 +7,11 @@ and the manifest's relative paths resolve against it):
     s3://bucket/prefix/valid/valid.csv            s3://bucket/prefix/valid/images/<id>.jpg
     s3://bucket/prefix/test/test.csv              s3://bucket/prefix/test/images/<id>.jpg
 
+or, with `upload.layout: folders` (from `bincli split --layout folders`), the ImageFolder layout
+with no manifest, which the core reads by folder name:
+
+    s3://bucket/prefix/train/<count>/<id>.jpg     (and valid/, test/)
+
 Backend local with no s3_uri: nothing moves; the local channel folders are recorded instead.
 
 Incremental: one listing of the prefix gives each object's size and ETag; a file whose size and
@@ -50,8 +55,10 @@ class Item:
     sha256: str = ""
 
 
-def plan(split: dict[str, Any], prefix: str) -> list[Item]:
+def plan(split: dict[str, Any], prefix: str, layout: str = "manifest") -> list[Item]:
     """Every file to upload, from the split's manifests. Checks each file exists locally."""
+    if layout == "folders":
+        return plan_folders(split, prefix)
     data_root = Path(split["data_root"])
     items: list[Item] = []
     missing: list[str] = []
@@ -76,6 +83,23 @@ def plan(split: dict[str, Any], prefix: str) -> list[Item]:
     if missing:
         raise DataError(f"{len(missing)} image(s) in the manifests are not on disk, e.g. {missing[0]}",
                         hint="run 'bincli download' (it resumes) or 'bincli split' again")
+    return items
+
+
+def plan_folders(split: dict[str, Any], prefix: str) -> list[Item]:
+    """Every file of the split's folder layout `<split>/<count>/<id>.jpg`, keys mirroring it."""
+    if not split.get("folders"):
+        raise ConfigError("upload.layout: folders needs the split's folder layout, and the last split wrote "
+                          "manifests only", hint="run 'bincli split --layout folders' first")
+    root = Path(split["folders"])
+    items: list[Item] = []
+    for name in SPLITS:
+        channel = root / name
+        if not channel.is_dir():
+            raise DataError(f"{channel}: the {name} folder of the split is missing", hint="run 'bincli split' again")
+        for path in sorted(p for p in channel.glob("*/*") if p.is_file()):
+            rel = path.relative_to(root).as_posix()
+            items.append(Item(path, join_key(prefix, rel), path.stat().st_size))
     return items
 
 
@@ -107,7 +131,7 @@ def run_upload(cfg: UploadConfig, workdir: Path, backend: str = "local", region:
         return _record_local(state, split, cfg)
 
     bucket, prefix = parse_s3_uri(cfg.s3_uri)
-    items = plan(split, prefix)
+    items = plan(split, prefix, cfg.layout)
     client = make_client(endpoint_url=cfg.endpoint_url, region=region, pool_size=cfg.workers + 4)
     where = f"s3://{bucket}/{prefix}".rstrip("/")
     try:
@@ -132,7 +156,9 @@ def run_upload(cfg: UploadConfig, workdir: Path, backend: str = "local", region:
         "backend": "s3",
         "uri": f"s3://{bucket}/{prefix}".rstrip("/"),
         "channels": {name: f"s3://{join_key(bucket, prefix, name)}" for name in SPLITS},
-        "manifests": {name: f"s3://{join_key(bucket, prefix, name, f'{name}.csv')}" for name in SPLITS},
+        "layout": cfg.layout,
+        "manifests": ({name: f"s3://{join_key(bucket, prefix, name, f'{name}.csv')}" for name in SPLITS}
+                      if cfg.layout == "manifest" else None),
         "endpoint_url": cfg.endpoint_url,
         "objects": len(items),
         "uploaded": len(todo),
@@ -147,12 +173,21 @@ def run_upload(cfg: UploadConfig, workdir: Path, backend: str = "local", region:
 
 def _record_local(state: State, split: dict[str, Any], cfg: UploadConfig) -> dict[str, Any]:
     """Backend local: the manifests folder IS the channel folder of each split (it holds
-    train.csv, valid.csv, test.csv), and image paths resolve against the data root."""
-    manifests = {name: str(Path(split["manifests"][name]).resolve()) for name in SPLITS}
+    train.csv, valid.csv, test.csv), and image paths resolve against the data root; with the
+    folders layout each split's folder is its channel."""
+    if cfg.layout == "folders":
+        plan_folders(split, "")  # checks the layout is there
+        root = Path(split["folders"]).resolve()
+        uri, channels, manifests = str(root), {name: str(root / name) for name in SPLITS}, None
+    else:
+        manifests = {name: str(Path(split["manifests"][name]).resolve()) for name in SPLITS}
+        uri, channels = str(Path(split["manifests_dir"]).resolve()), {
+            name: str(Path(manifests[name]).parent) for name in SPLITS}
     outputs = {
         "backend": "local",
-        "uri": str(Path(split["manifests_dir"]).resolve()),
-        "channels": {name: str(Path(manifests[name]).parent) for name in SPLITS},
+        "uri": uri,
+        "channels": channels,
+        "layout": cfg.layout,
         "manifests": manifests,
         "data_root": str(Path(split["data_root"]).resolve()),
         "objects": 0,
