@@ -34,3 +34,25 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run from a temp dir (no configs/local.yaml there: built-in defaults apply)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """One moto server (S3, IAM, SageMaker...) on 127.0.0.1 for the session; tests use fresh names."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_url, monkeypatch) -> str:
+    """boto3's standard sources aimed at the moto server, as a user would aim them at AWS."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_url

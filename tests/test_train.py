@@ -53,6 +53,7 @@ def _check_model_tar(path: Path) -> None:
 def test_command_is_the_entry_point_with_sorted_name_value_args():
     hp = hyperparameters_from(TrainConfig(epochs=2, pretrained=True))
     assert hp["batch-size"] == 32 and hp["pretrained"] is True and "nproc-per-node" not in hp
+    assert "weights-file" not in hp  # unset: left out, not passed as "None" or "null"
     cmd = build_command({"lr": 0.01, "epochs": 2, "pretrained": False, "weights-file": None}, 1,
                         {"data-root": "/d"}, python="py")
     assert cmd == ["py", "-m", "bincli.core.train", "--data-root", "/d", "--epochs", "2", "--lr", "0.01",

@@ -22,27 +22,12 @@ runner = CliRunner()
 SPLITS = ("train", "valid", "test")
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(moto_url, monkeypatch):
+def s3(aws_env):
     """A fresh bucket on the moto server; boto3's env chain aimed at it (as a user would)."""
     import boto3
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    client = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
     bucket = f"bincli-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     client.bucket = bucket

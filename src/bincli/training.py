@@ -70,7 +70,9 @@ class TrainingInterrupted(BincliError):
 # ---------------------------------------------------------------- inputs
 def hyperparameters_from(cfg: TrainConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The entry point's hyperparameters ({"batch-size": 32, ...}) from the train config section,
-    with `overrides` (e.g. tune's best, keyed by config or hyperparameter names) validated on top."""
+    with `overrides` (e.g. tune's best, keyed by config or hyperparameter names) validated on top.
+    Unset ones (None) are left out: a SageMaker job passes every hyperparameter as a string, and
+    None would arrive as the word "null"."""
     values = cfg.model_dump()
     if overrides:
         for key, value in overrides.items():
@@ -85,7 +87,8 @@ def hyperparameters_from(cfg: TrainConfig, overrides: Mapping[str, Any] | None =
             first = exc.errors()[0]
             raise ConfigError(f"tune result: {'.'.join(map(str, first['loc']))}: {first['msg']}, "
                               f"got {first.get('input')!r}") from None
-    return {hyperparameter_name(k): v for k, v in values.items() if hyperparameter_name(k) in HYPERPARAMETERS}
+    return {hyperparameter_name(k): v for k, v in values.items()
+            if hyperparameter_name(k) in HYPERPARAMETERS and v is not None}
 
 
 def _tuned(state: State) -> dict[str, Any]:

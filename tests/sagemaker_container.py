@@ -1,0 +1,82 @@
+"""Runs a SageMaker training job the way its container would, from what the job recorded on moto.
+
+moto creates training jobs and marks them Completed without running anything. This plays the
+container's part for one host: each input channel copied down from S3 into input/data/<channel>,
+input/config/{hyperparameters,inputdataconfig,resourceconfig}.json written, and the job's own
+ContainerEntrypoint + ContainerArguments run (for a v3 ModelTrainer job: the SDK's sm_train.sh,
+environment.py and the basic/torchrun driver it uploaded). What the job writes lands under model/
+and output/ as it would before SageMaker uploads it.
+
+The one liberty: /opt/ml needs root here, so it is relocated to `base`. The SDK's driver files
+and the container arguments are the only places that name it; the path is rewritten there.
+The image's python3 (and torchrun) is this test's interpreter: its bin dir leads PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+OPT_ML = "/opt/ml"
+
+
+def download_prefix(s3: Any, uri: str, dest: Path) -> int:
+    """Every object under an s3://bucket/prefix, to dest/<rest of the key>. Returns the count."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    n = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rest = obj["Key"][len(prefix):].lstrip("/")
+            if not rest or rest.endswith("/"):
+                continue
+            target = dest / rest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+            n += 1
+    return n
+
+
+def prepare(job: dict[str, Any], s3: Any, base: Path) -> None:
+    """The container's /opt/ml, under base: channels, config files, empty model/output dirs."""
+    data, config = base / "input" / "data", base / "input" / "config"
+    config.mkdir(parents=True)
+    input_config = {}
+    for channel in job["InputDataConfig"]:
+        name, source = channel["ChannelName"], channel["DataSource"]["S3DataSource"]
+        (data / name).mkdir(parents=True)
+        download_prefix(s3, source["S3Uri"], data / name)
+        input_config[name] = {"TrainingInputMode": channel.get("InputMode", "File"),
+                              "S3DistributionType": source["S3DataDistributionType"], "RecordWrapperType": "None"}
+    instance_type = job["ResourceConfig"]["InstanceType"]
+    resource = {"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": instance_type,
+                "current_group_name": "homogeneousCluster", "network_interface_name": "eth0",
+                "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type,
+                                     "hosts": ["algo-1"]}]}
+    (config / "hyperparameters.json").write_text(json.dumps(job.get("HyperParameters", {})))
+    (config / "inputdataconfig.json").write_text(json.dumps(input_config))
+    (config / "resourceconfig.json").write_text(json.dumps(resource))
+    for sub in ("model", "output/data", "checkpoints"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    drivers = data / "sm_drivers"
+    if drivers.is_dir():  # a v3 ModelTrainer job: relocate /opt/ml in the SDK's own files
+        for path in drivers.rglob("*"):
+            if path.suffix in (".py", ".sh", ".json"):
+                path.write_text(path.read_text().replace(OPT_ML, str(base)))
+
+
+def run_training_job(sm: Any, s3: Any, job_name: str, base: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Prepare base as the container's /opt/ml and run the job's entrypoint there."""
+    job = sm.describe_training_job(TrainingJobName=job_name)
+    prepare(job, s3, base)
+    spec = job["AlgorithmSpecification"]
+    arguments = [a.replace(OPT_ML, str(base)) for a in spec.get("ContainerArguments", [])]
+    command = [*spec["ContainerEntrypoint"], *arguments]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AWS_"))}
+    env.update(job.get("Environment", {}))
+    env.update(TRAINING_JOB_NAME=job_name, PYTHONUNBUFFERED="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=timeout)
