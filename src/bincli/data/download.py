@@ -24,17 +24,14 @@ a crash left short or empty fails these checks on the rerun and is fetched again
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
-import os
 import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,8 @@ from bincli.config import DownloadConfig
 from bincli.core.classes import ClassSpec
 from bincli.core.fileio import atomic_write_json, atomic_write_text
 from bincli.data import abid
+from bincli.data.fetcher import Fetcher, Stats
+from bincli.data.local_store import DiskError, FetchError, LocalStore, check_jpeg, check_metadata
 from bincli.data.progress import Progress
 from bincli.errors import BincliError, DataError, UsageError
 from bincli.state import State
@@ -51,13 +50,7 @@ log = logging.getLogger("bincli.download")
 DATA_DIR = "data"
 REPORT_FILE = "download-report.json"
 IDS_FILE = "download-ids.txt"
-INDEX_FILE = ".download-index.json"
 PLAN_FILE = ".download-plan.json"
-TEMP_SUFFIX = ".part"
-CHUNK = 1 << 16
-INDEX_FLUSH_SECONDS = 5.0
-_TEMP_TAG = f"{os.getpid()}-"
-_temp_serial = itertools.count()  # unique temp names without a syscall (uuid4 reads urandom)
 
 
 class DownloadFailed(BincliError):
@@ -68,310 +61,6 @@ class DownloadFailed(BincliError):
     def __init__(self, message: str, result: dict[str, Any], hint: str | None = None):
         super().__init__(message, hint)
         self.result = result
-
-
-class FetchError(Exception):
-    """One file could not be fetched. kind: missing | corrupt | denied | error."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-class Interrupted(Exception):
-    pass
-
-
-class DiskError(Exception):
-    """A local file could not be written (disk full, permissions): stops the whole run."""
-
-
-# ================================================================ local files
-class LocalStore:
-    """The data folder: final files, temp files, and the index of verified files."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.images = root / abid.IMAGES_DIR
-        self.metadata = root / abid.METADATA_DIR
-        self.index_path = root / INDEX_FILE
-        self._lock = threading.Lock()
-        self._index: dict[str, list[int]] = {}
-        self._dirty = False
-        self._flushed_at = time.monotonic()
-
-    def prepare(self) -> int:
-        """Create the folders, load the index, remove temp files an interrupted run left."""
-        try:
-            self.images.mkdir(parents=True, exist_ok=True)
-            self.metadata.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DataError(f"{self.root}: cannot create the data folder ({exc.strerror})") from None
-        try:
-            import json
-
-            data = json.loads(self.index_path.read_text(encoding="utf-8"))
-            self._index = {k: list(v) for k, v in data.get("files", {}).items()}
-        except (OSError, ValueError, AttributeError):
-            self._index = {}
-        stale = 0
-        for folder in (self.images, self.metadata):
-            for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
-                tmp.unlink(missing_ok=True)
-                stale += 1
-        return stale
-
-    def image_path(self, id_: str) -> Path:
-        return self.images / f"{id_}{abid.IMAGE_SUFFIX}"
-
-    def metadata_path(self, id_: str) -> Path:
-        return self.metadata / f"{id_}{abid.METADATA_SUFFIX}"
-
-    @staticmethod
-    def _rel(path: Path) -> str:
-        return f"{path.parent.name}/{path.name}"
-
-    def good(self, path: Path, check: Callable[[bytes], Any]) -> tuple[bool, Any]:
-        """Is the final file there and sound? (ok, label-or-None). A bad file is removed."""
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return False, None
-        rel = self._rel(path)
-        with self._lock:
-            entry = self._index.get(rel)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-            return True, entry[2] if len(entry) > 2 else None
-        try:
-            extra = check(path.read_bytes())
-        except (OSError, FetchError) as exc:
-            log.info("%s: local copy is bad (%s); fetching it again", rel, getattr(exc, "reason", exc))
-            path.unlink(missing_ok=True)
-            self.forget(path)
-            return False, None
-        self.remember(path, st, extra)
-        return True, extra
-
-    def known_good(self, path: Path) -> bool:
-        """Fast path: the index has this file with the same size and mtime (one stat, no read)."""
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return False
-        with self._lock:
-            entry = self._index.get(self._rel(path))
-        return bool(entry) and entry[0] == st.st_size and entry[1] == st.st_mtime_ns
-
-    def remember(self, path: Path, st: os.stat_result | None = None, extra: Any = None) -> None:
-        st = st or path.stat()
-        entry = [st.st_size, st.st_mtime_ns] + ([extra] if extra is not None else [])
-        with self._lock:
-            self._index[self._rel(path)] = entry
-            self._dirty = True
-
-    def forget(self, path: Path) -> None:
-        with self._lock:
-            if self._index.pop(self._rel(path), None) is not None:
-                self._dirty = True
-
-    def label(self, id_: str) -> int | None:
-        with self._lock:
-            entry = self._index.get(f"{abid.METADATA_DIR}/{id_}{abid.METADATA_SUFFIX}")
-        return entry[2] if entry and len(entry) > 2 else None
-
-    def write(self, dest: Path, chunks: Iterable[bytes], expected: int | None, check: Callable[[bytes], Any],
-              stop: threading.Event | None = None) -> tuple[int, Any]:
-        """Stream chunks to a temp file beside dest; check size and content; rename. Returns (bytes, extra)."""
-        tmp = dest.parent / f".{dest.name}.{_TEMP_TAG}{next(_temp_serial)}{TEMP_SUFFIX}"
-        done = False
-        try:
-            parts = []
-            # Disk errors become DiskError; network errors (some are OSErrors too) come out of
-            # the chunks iterator as they are, for the fetcher to retry.
-            try:
-                f = open(tmp, "wb")  # noqa: SIM115 (closed below; its errors are told apart from the network's)
-            except OSError as exc:
-                raise DiskError(f"{tmp.parent}: cannot write ({exc.strerror})") from None
-            with f:
-                for chunk in chunks:
-                    if stop is not None and stop.is_set():
-                        raise Interrupted()
-                    try:
-                        f.write(chunk)
-                    except OSError as exc:
-                        raise DiskError(f"{tmp}: cannot write ({exc.strerror})") from None
-                    parts.append(chunk)
-                try:
-                    f.flush()
-                    st = os.fstat(f.fileno())  # size and mtime as they will stay (rename keeps them)
-                except OSError as exc:
-                    raise DiskError(f"{tmp}: cannot write ({exc.strerror})") from None
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            if expected is not None and len(data) != expected:
-                raise FetchError("short", f"got {len(data)} bytes, Content-Length says {expected}")
-            extra = check(data)
-            os.replace(tmp, dest)
-            done = True
-        finally:
-            if not done:
-                tmp.unlink(missing_ok=True)
-        self.remember(dest, st, extra)
-        return len(data), extra
-
-    def flush(self, force: bool = False) -> None:
-        """Save the index, at most every few seconds unless forced. Atomic but not fsync'd: an
-        index lost in a crash only means files are checked again (locally) on the next run."""
-        with self._lock:
-            if not self._dirty or (not force and time.monotonic() - self._flushed_at < INDEX_FLUSH_SECONDS):
-                return
-            snapshot = dict(self._index)
-            self._dirty = False
-            self._flushed_at = time.monotonic()
-        import json
-
-        tmp = self.index_path.with_name(f".{self.index_path.name}.{_TEMP_TAG}{next(_temp_serial)}.tmp")
-        tmp.write_text(json.dumps({"version": 1, "files": snapshot}, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, self.index_path)
-
-
-def check_jpeg(data: bytes) -> None:
-    """A whole JPEG: Pillow's verify() (markers and header, ~0.02 ms) plus the end-of-image
-    marker, which verify() does not look for: a truncated JPEG (a cut transfer, a half-uploaded
-    object) lacks it. FF D9 cannot occur inside entropy-coded data (FF bytes there are stuffed),
-    so finding it near the end means the file ends where the encoder ended it. A full decode
-    is left to `split`, which decodes every image anyway."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data.startswith(b"\xff\xd8"):
-        raise FetchError("corrupt", "not a JPEG (no start-of-image marker)")
-    if b"\xff\xd9" not in data[-1024:]:
-        raise FetchError("corrupt", "truncated JPEG (no end-of-image marker)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "JPEG":
-                raise FetchError("corrupt", f"not a JPEG ({im.format})")
-            im.verify()
-    except UnidentifiedImageError:
-        raise FetchError("corrupt", "not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise FetchError("corrupt", f"corrupt JPEG ({str(exc).splitlines()[0][:80]})") from None
-
-
-def check_metadata(data: bytes) -> int:
-    try:
-        return abid.label_of(abid.parse_metadata(data))
-    except ValueError as exc:
-        raise FetchError("corrupt", f"bad metadata ({exc})") from None
-
-
-# ================================================================ remote files
-@dataclass
-class Stats:
-    requests: Counter = field(default_factory=Counter)
-    nbytes: int = 0
-    retries: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, kind: str) -> None:
-        with self.lock:
-            self.requests[kind] += 1
-
-
-class Fetcher:
-    """GETs one object to a file (or into memory), with retries for what botocore does not
-    retry itself: a connection dropped while the body streams, a body shorter than promised.
-    (Throttling, 5xx and connect/read timeouts on the request are retried by botocore.)"""
-
-    def __init__(self, client: Any, bucket: str, store: LocalStore, retries: int, stats: Stats,
-                 stop: threading.Event, progress: Progress | None = None):
-        self.client = client
-        self.bucket = bucket
-        self.store = store
-        self.retries = retries
-        self.stats = stats
-        self.stop = stop
-        self.progress = progress
-
-    def to_file(self, key: str, dest: Path, check: Callable[[bytes], Any], kind: str) -> tuple[int, Any]:
-        return self._get(key, kind, lambda chunks, expected: self.store.write(dest, chunks, expected, check,
-                                                                               self.stop))
-
-    def to_memory(self, key: str, check: Callable[[bytes], Any], kind: str) -> tuple[bytes, Any]:
-        def sink(chunks: Iterable[bytes], expected: int | None) -> tuple[bytes, Any]:
-            data = b"".join(chunks)
-            if expected is not None and len(data) != expected:
-                raise FetchError("short", f"got {len(data)} bytes, Content-Length says {expected}")
-            return data, check(data)
-
-        return self._get(key, kind, sink)
-
-    def _get(self, key: str, kind: str, sink: Callable[[Iterable[bytes], int | None], Any]) -> Any:
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-            IncompleteReadError,
-        )
-
-        # OSError: a socket error botocore did not wrap (local disk errors come as DiskError).
-        transient = (HTTPClientError, ConnectionError, IncompleteReadError, OSError)
-        attempt = 0
-        while True:
-            if self.stop.is_set():
-                raise Interrupted()
-            failure: BaseException
-            try:
-                self.stats.count(kind)
-                resp = self.client.get_object(Bucket=self.bucket, Key=key)
-                body = resp["Body"]
-                try:
-                    return sink(self._counted(body.iter_chunks(CHUNK)), resp.get("ContentLength"))
-                finally:
-                    body.close()
-            except ClientError as exc:
-                raise _client_failure(exc) from None
-            except FetchError as exc:
-                if exc.kind != "short":
-                    raise
-                failure = exc
-            except transient as exc:
-                failure = exc
-            except BotoCoreError as exc:
-                raise FetchError("error", f"{type(exc).__name__}: {exc}") from None
-            if attempt >= self.retries:
-                reason = getattr(failure, "reason", None) or f"{type(failure).__name__}: {failure}"
-                raise FetchError("error", f"{reason} (gave up after {attempt + 1} tries)")
-            attempt += 1
-            with self.stats.lock:
-                self.stats.retries += 1
-            log.debug("%s: %s; retry %d of %d", key, failure, attempt, self.retries)
-            # Full-jitter exponential backoff, as botocore's: 0..min(20, 0.5 * 2^attempt) s.
-            if self.stop.wait(random.uniform(0, min(20.0, 0.5 * 2**attempt))):
-                raise Interrupted()
-
-    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            if self.stop.is_set():
-                raise Interrupted()
-            with self.stats.lock:
-                self.stats.nbytes += len(chunk)
-            if self.progress is not None:
-                self.progress.add_bytes(len(chunk))
-            yield chunk
-
-
-def _client_failure(exc: Any) -> FetchError:
-    from bincli.data.s3 import error_code
-
-    code = error_code(exc) or "?"
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in {"NoSuchKey", "404", "NotFound"}:
-        return FetchError("missing", "not in the bucket (404 NoSuchKey)")
-    if code in {"AccessDenied", "403"}:
-        return FetchError("denied", "access denied (403)")
-    return FetchError("error", f"S3 error {code}" + (f" (HTTP {status})" if status else ""))
 
 
 # ================================================================ what to fetch
