@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.config import Config
+from bincli.config import Config, require_local_backend
 from bincli.console import err
 from bincli.errors import BincliError, StateError, UsageError
 from bincli.state import State
@@ -43,7 +43,7 @@ def endpoint_dir(workdir: Path, name: str) -> Path:
 # ---------------------------------------------------------------- deploy
 def deploy(cfg: Config, model: Path | None = None, update: bool = False, foreground: bool = False) -> dict[str, Any]:
     """Start the endpoint (or replace its model with update=True); returns what state records."""
-    _local_only(cfg, "deploy")
+    require_local_backend(cfg, "deploy")
     d = cfg.deploy
     state = State(cfg.workdir)
     model_tar = _model_path(cfg, state, model)
@@ -177,7 +177,7 @@ def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) 
 # ---------------------------------------------------------------- teardown
 def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """Stop and remove what deploy recorded; a no-op (with a message) when there is nothing."""
-    _local_only(cfg, "teardown")
+    require_local_backend(cfg, "teardown")
     state = State(cfg.workdir)
     record = state.outputs("deploy")
     if record is None or (name is not None and record.get("name") != name):
@@ -299,12 +299,6 @@ def _last_error(log_path: Path) -> str:
         return "no log"
     errors = [ln for ln in lines if ln.startswith("error:")]
     return (errors[-1].removeprefix("error:").strip() if errors else lines[-1]) if lines else "no output"
-
-
-def _local_only(cfg: Config, step: str) -> None:
-    if cfg.backend != "local":
-        raise UsageError(f"backend {cfg.backend!r}: '{step}' is built for backend 'local' only so far",
-                         hint="use --set backend=local")
 
 
 def info(message: str) -> None:

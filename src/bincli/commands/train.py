@@ -54,9 +54,11 @@ def train(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing, patience=patience,
         workers=workers, nproc_per_node=nproc_per_node, seed=seed, cache=cache, device=device)
     loaded = load(config, workdir, sets, flags)
+    from bincli.config import require_local_backend
     from bincli.training import run_train
 
     cfg = loaded.config
+    require_local_backend(cfg, "train")
     result = run_train(cfg.train, cfg.workdir, from_tune=from_tune, fresh=fresh)
     finish(result, json_out, _render)
 
