@@ -56,3 +56,22 @@ def aws_env(moto_url, monkeypatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return moto_url
+
+
+@pytest.fixture
+def sagemaker_env(aws_env, monkeypatch, tmp_path):
+    """What the SDK needs to talk to moto: no role simulation (moto lacks it), no telemetry."""
+    opt_out = tmp_path / "sagemaker-config.yaml"
+    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(opt_out))
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
+    import uuid
+
+    import boto3
+
+    s3, sm, iam = (boto3.client(name) for name in ("s3", "sagemaker", "iam"))
+    bucket = f"bincli-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    role_name = f"bincli-{uuid.uuid4().hex[:8]}"
+    role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    return s3, sm, bucket, role

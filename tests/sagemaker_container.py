@@ -4,8 +4,9 @@ moto creates training jobs and marks them Completed without running anything. Th
 container's part for one host: each input channel copied down from S3 into input/data/<channel>,
 input/config/{hyperparameters,inputdataconfig,resourceconfig}.json written, and the job's own
 ContainerEntrypoint + ContainerArguments run (for a v3 ModelTrainer job: the SDK's sm_train.sh,
-environment.py and the basic/torchrun driver it uploaded). What the job writes lands under model/
-and output/ as it would before SageMaker uploads it.
+environment.py and the basic/torchrun driver it uploaded). Then, as SageMaker does when a job
+succeeds, model/ goes up as the job's ModelArtifacts (model.tar.gz) and output/data/ as
+output.tar.gz beside it.
 
 The one liberty: /opt/ml needs root here, so it is relocated to `base`. The SDK's driver files
 and the container arguments are the only places that name it; the path is rewritten there.
@@ -18,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,22 @@ def prepare(job: dict[str, Any], s3: Any, base: Path) -> None:
                 path.write_text(path.read_text().replace(OPT_ML, str(base)))
 
 
+def upload_outputs(job: dict[str, Any], s3: Any, base: Path) -> None:
+    """model/ -> the job's S3ModelArtifacts (model.tar.gz); output/data/ -> output.tar.gz beside it."""
+    model_uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+    for folder, uri in ((base / "model", model_uri), (base / "output" / "data", model_uri.rsplit("/", 1)[0] +
+                                                       "/output.tar.gz")):
+        archive = base / f"{folder.name}.upload.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        s3.upload_file(str(archive), bucket, key)
+
+
 def run_training_job(sm: Any, s3: Any, job_name: str, base: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Prepare base as the container's /opt/ml and run the job's entrypoint there."""
+    """Prepare base as the container's /opt/ml, run the job's entrypoint there and, if it
+    succeeds, upload its outputs where SageMaker would."""
     job = sm.describe_training_job(TrainingJobName=job_name)
     prepare(job, s3, base)
     spec = job["AlgorithmSpecification"]
@@ -79,4 +95,7 @@ def run_training_job(sm: Any, s3: Any, job_name: str, base: Path, timeout: float
     env.update(job.get("Environment", {}))
     env.update(TRAINING_JOB_NAME=job_name, PYTHONUNBUFFERED="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    return subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode == 0:
+        upload_outputs(job, s3, base)
+    return result

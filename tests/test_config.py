@@ -124,3 +124,11 @@ def test_missing_explicit_file_and_env_file(tmp_path):
 def test_set_option_needs_key_and_value():
     with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         parse_set_options(["train.lr"])
+
+
+def test_sagemaker_yaml_is_valid_and_selects_the_sagemaker_backend():
+    from bincli.config import load_config
+
+    loaded = load_config(ROOT / "configs" / "sagemaker.yaml")
+    assert loaded.config.backend == "sagemaker" and loaded.config.upload.s3_uri.startswith("s3://")
+    assert loaded.config.sagemaker.role_arn.startswith("arn:aws:iam::")

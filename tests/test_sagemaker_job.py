@@ -6,7 +6,6 @@ serialises them. The sagemaker-training toolkit path (tuning jobs) is in test_co
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,6 @@ from sagemaker_container import run_training_job
 from train_blobs import make_channels
 
 CHANNELS = ("train", "valid", "test")
-
-
-@pytest.fixture
-def sagemaker_env(aws_env, monkeypatch, tmp_path):
-    """What the SDK needs to talk to moto: no role simulation (moto lacks it), no telemetry."""
-    opt_out = tmp_path / "sagemaker-config.yaml"
-    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(opt_out))
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    import boto3
-
-    s3, sm, iam = (boto3.client(name) for name in ("s3", "sagemaker", "iam"))
-    bucket = f"bincli-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    role_name = f"bincli-{uuid.uuid4().hex[:8]}"
-    role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    return s3, sm, bucket, role
 
 
 def _upload_channels(s3, bucket: str, channels: dict[str, Path]) -> dict[str, str]:

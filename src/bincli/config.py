@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bincli.core.classes import ClassSpec
 from bincli.errors import ConfigError
@@ -192,10 +201,25 @@ class PredictConfig(Section):
 class SageMakerConfig(Section):
     region: str | None = None
     role_arn: str | None = None
+    bucket: str | None = None
     train_instance_type: str = "ml.g4dn.xlarge"
     train_instance_count: int = Field(1, ge=1, le=100)
+    training_image: str | None = None
+    framework_version: str = "2.8"
+    volume_size_gb: int = Field(50, ge=1, le=16384)
     spot: bool = True
+    max_run_minutes: int = Field(120, ge=1, le=28 * 24 * 60)
+    max_wait_minutes: int = Field(240, ge=1, le=28 * 24 * 60)
+    base_job_name: str = Field("bincli", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,38}$")
+    poll_seconds: float = Field(30.0, gt=0, le=600)
     deploy_instance_type: str = "ml.m5.large"
+
+    @model_validator(mode="after")
+    def _spot_wait_covers_run(self) -> SageMakerConfig:
+        if self.spot and self.max_wait_minutes < self.max_run_minutes:
+            raise ValueError(f"max_wait_minutes ({self.max_wait_minutes}) must be >= max_run_minutes "
+                             f"({self.max_run_minutes}) with spot: true")
+        return self
 
 
 class Config(Section):

@@ -34,8 +34,9 @@ def _normal(name: str) -> str:
     return str(PurePosixPath(name)).removeprefix("./")
 
 
-def check_members(tar: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]:
-    """Every member, once each is known to be safe to extract."""
+def check_members(tar: tarfile.TarFile, tar_path: Path,
+                  required: tuple[str, ...] = (WEIGHTS_FILE, MODEL_INFO_FILE)) -> list[tarfile.TarInfo]:
+    """Every member, once each is known to be safe to extract and the `required` files are there."""
     members = tar.getmembers()
     total = 0
     for m in members:
@@ -56,10 +57,11 @@ def check_members(tar: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]
         if total > MAX_UNPACKED_BYTES:
             raise DataError(f"{tar_path}: unpacks to more than {MAX_UNPACKED_BYTES} bytes; refusing to extract")
     names = {_normal(m.name) for m in members if m.isfile()}
-    missing = [f for f in (WEIGHTS_FILE, MODEL_INFO_FILE) if f not in names]
+    missing = [f for f in required if f not in names]
     if missing:
-        raise DataError(f"{tar_path}: {' and '.join(missing)} missing at the top of the archive",
-                        hint="a model.tar.gz holds model.pth, model_info.json and code/ (bincli train writes it)")
+        hint = ("a model.tar.gz holds model.pth, model_info.json and code/ (bincli train writes it)"
+                if WEIGHTS_FILE in required else None)
+        raise DataError(f"{tar_path}: {' and '.join(missing)} missing at the top of the archive", hint=hint)
     return members
 
 
@@ -91,12 +93,14 @@ def read_model_info(tar_path: Path) -> dict[str, Any]:
     return info
 
 
-def extract_model(tar_path: Path, dest: Path) -> Path:
-    """Check, then extract into `dest` (created); returns dest."""
+def extract_model(tar_path: Path, dest: Path,
+                  required: tuple[str, ...] = (WEIGHTS_FILE, MODEL_INFO_FILE)) -> Path:
+    """Check, then extract into `dest` (created); returns dest. Also for a training job's
+    output.tar.gz, with `required` naming what it must hold."""
     tar_path = Path(tar_path)
     dest = Path(dest)
     with _open(tar_path) as tar:
-        members = check_members(tar, tar_path)
+        members = check_members(tar, tar_path, required)
         dest.mkdir(parents=True, exist_ok=True)
         try:
             # The "data" filter (Python >= 3.11.4) re-checks paths and links and drops odd permissions.

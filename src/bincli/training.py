@@ -91,7 +91,7 @@ def hyperparameters_from(cfg: TrainConfig, overrides: Mapping[str, Any] | None =
             if hyperparameter_name(k) in HYPERPARAMETERS and v is not None}
 
 
-def _tuned(state: State) -> dict[str, Any]:
+def tuned_hyperparameters(state: State) -> dict[str, Any]:
     outputs = state.require("tune", needed_by="train --from-tune")
     best = outputs.get("best_hyperparameters") or outputs.get("best_params")
     if not isinstance(best, dict) or not best:
@@ -301,7 +301,7 @@ def run_train(cfg: TrainConfig, workdir: Path, *, from_tune: bool = False, fresh
             raise StateError(f"{state.path}: the 'split' record has no {key!r}", hint="run 'bincli split' again")
     if not (Path(split["manifests_dir"]) / "train.csv").is_file():
         raise DataError(f"{split['manifests_dir']}/train.csv is missing", hint="run 'bincli split' again")
-    hp = hyperparameters_from(cfg, _tuned(state) if from_tune else None)
+    hp = hyperparameters_from(cfg, tuned_hyperparameters(state) if from_tune else None)
     hp["classes"] = split["classes"]
     run_dir = (workdir / RUN_DIR).resolve()
     ckpt_dir = run_dir / "checkpoints"
@@ -342,7 +342,7 @@ def run_train(cfg: TrainConfig, workdir: Path, *, from_tune: bool = False, fresh
                 ", or restore the earlier settings" if "other settings" in reason else "")
         err_cls = DataError if code == 2 else BincliError
         raise err_cls(f"training failed: {reason}", hint=hint)
-    return _finish(state, cfg, hp, run_dir, workdir, split)
+    return finish_training(state, cfg, hp, run_dir, workdir, split, log_path=log_path)
 
 
 def _write_snapshot(path: Path, cfg: TrainConfig, hp: Mapping[str, Any], from_tune: bool) -> None:
@@ -353,15 +353,20 @@ def _write_snapshot(path: Path, cfg: TrainConfig, hp: Mapping[str, Any], from_tu
     atomic_write_text(path, f"# bincli {__version__}: the resolved train config of this run\n{body}")
 
 
-def _finish(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_dir: Path, workdir: Path,
-            split: Mapping[str, Any]) -> dict[str, Any]:
+def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_dir: Path, workdir: Path,
+                    split: Mapping[str, Any], publish: Callable[[Path], dict[str, Any]] | None = None,
+                    log_path: Path | None = None) -> dict[str, Any]:
+    """From a finished run dir (model/ and output/ as a training job leaves them): the report, the
+    packaged model.tar.gz and the 'train' state record. Shared by both backends; `publish` (the
+    sagemaker backend) puts the packaged model where deploy needs it and returns outputs to record."""
     from bincli.bundle import package_model
     from bincli.core.metrics import summary
     from bincli.report import write_report
 
     metrics_path = run_dir / "output" / METRICS_FILE
     if not metrics_path.is_file():
-        raise BincliError(f"training finished but wrote no {metrics_path}", hint=f"see {run_dir / 'train.log'}")
+        raise BincliError(f"training finished but wrote no {metrics_path}",
+                          hint=f"see {log_path}" if log_path else None)
     job = json.loads(metrics_path.read_text())
     on = "test" if "test" in job else ("valid" if "valid" in job else None)
     if on is None:
@@ -392,8 +397,10 @@ def _finish(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_dir: Path
         "image_size": hp["image-size"],
         "hyperparameters": dict(hp),
         "checkpoint_dir": str(run_dir / "checkpoints"),
-        "log": str(run_dir / "train.log"),
+        "log": str(log_path) if log_path else None,
         "figures": {k: v for k, v in paths.items() if k != "metrics"},
     }
+    if publish is not None:
+        outputs.update(publish(Path(tar)))
     state.record("train", outputs, cfg.model_dump(mode="json"))
     return {**outputs, "report": report}

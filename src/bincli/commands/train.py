@@ -9,6 +9,7 @@ import typer
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import err
+from bincli.errors import UsageError
 
 
 def train(
@@ -38,6 +39,8 @@ def train(
     from_tune: Annotated[bool, typer.Option("--from-tune", help="Use the best hyperparameters of 'bincli tune'."
                                             )] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the checkpoint and start over.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Backend sagemaker: wait for the training job "
+                                       "(default), or start it and return; 'bincli train' again attaches.")] = True,
 ) -> None:
     """Train a ResNet to count items on the split, resuming from its checkpoint if there is one.
 
@@ -45,6 +48,8 @@ def train(
     shows progress per epoch, then evaluates the best epoch on the test split, writes
     <workdir>/report/ (metrics.json, confusion matrix, learning curves) and <workdir>/model/model.tar.gz.
     Ctrl-C stops after saving a checkpoint; run the same command again to resume.
+    With backend sagemaker it runs as a SageMaker training job on the uploaded split (spot,
+    S3 checkpoints) and fetches its model and metrics; a rerun attaches to the running job.
 
     Example: bincli train --epochs 3 --image-size 128 --no-pretrained
     """
@@ -54,18 +59,27 @@ def train(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing, patience=patience,
         workers=workers, nproc_per_node=nproc_per_node, seed=seed, cache=cache, device=device)
     loaded = load(config, workdir, sets, flags)
-    from bincli.config import require_local_backend
-    from bincli.training import run_train
-
     cfg = loaded.config
-    require_local_backend(cfg, "train")
-    result = run_train(cfg.train, cfg.workdir, from_tune=from_tune, fresh=fresh)
+    if cfg.backend == "sagemaker":
+        from bincli.cloud.training_job import run_train_sagemaker
+
+        result = run_train_sagemaker(cfg, cfg.workdir, from_tune=from_tune, fresh=fresh, wait=wait)
+    else:
+        if not wait:
+            raise UsageError("--no-wait: only for backend sagemaker (a local run is this process)")
+        from bincli.training import run_train
+
+        result = run_train(cfg.train, cfg.workdir, from_tune=from_tune, fresh=fresh)
     finish(result, json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
     from bincli.report import render_metrics_table
 
+    if not result.get("waiting", True):
+        err.print(f"training job {result['job_name']}: {result['status']}; 'bincli train' again waits for it",
+                  markup=False, soft_wrap=True)
+        return
     err.print(render_metrics_table(result["report"], title=f"best epoch ({result['best_epoch']}) on the "
                                                            f"{result['split']} split"))
     err.print(f"model: {result['model']}", markup=False)

@@ -1,0 +1,50 @@
+"""The AWS side of backend sagemaker: the SDK import, the boto3 session, the role and the bucket.
+
+Endpoints and credentials come from boto3's standard chain (AWS_ENDPOINT_URL, AWS_PROFILE, ...),
+which is also how tests aim everything at a moto server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bincli.config import SageMakerConfig
+from bincli.errors import BincliError, ConfigError, UsageError
+
+
+def require_sdk() -> None:
+    """The SageMaker SDK v3 is an optional extra: a clear error where it is missing."""
+    try:
+        import sagemaker.train  # noqa: F401
+    except ImportError:
+        raise UsageError("backend sagemaker needs the SageMaker Python SDK v3, which is not installed",
+                         hint="pip install 'bincli[sagemaker]'") from None
+
+
+def boto_session(cfg: SageMakerConfig) -> Any:
+    """A boto3 session in the configured region (else boto3's own), with a clear error if none."""
+    import boto3
+
+    session = boto3.Session(region_name=cfg.region) if cfg.region else boto3.Session()
+    if not session.region_name:
+        raise ConfigError("sagemaker.region: no AWS region set",
+                          hint="set sagemaker.region, AWS_DEFAULT_REGION or a profile with a region")
+    return session
+
+
+def role_arn(cfg: SageMakerConfig) -> str:
+    if not cfg.role_arn:
+        raise ConfigError("sagemaker.role_arn: required to run SageMaker jobs and endpoints",
+                          hint="--set sagemaker.role_arn=arn:aws:iam::<account>:role/<role>")
+    return cfg.role_arn
+
+
+def aws_error(exc: BaseException, what: str) -> BincliError:
+    """One line for an AWS API failure (credentials, validation, limits), with the service's message."""
+    from botocore.exceptions import ClientError
+
+    from bincli.data.s3 import explain
+
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ValidationException":
+        return BincliError(f"{what}: {exc.response['Error'].get('Message', 'rejected by SageMaker')}")
+    return explain(exc, what)

@@ -1,0 +1,228 @@
+"""The `train` step on backend sagemaker: the same core entry point, run as a SageMaker training job.
+
+The split's S3 channels (from `bincli upload`) and bincli's hyperparameters go to a v3 ModelTrainer
+job: the core bundle as its source dir under the SDK's torchrun driver, managed spot training with
+checkpoints in S3 (a restarted or rerun job resumes from them), the metric definitions of
+core.contract. bincli waits for it, downloads its model.tar.gz and output.tar.gz into
+<workdir>/train/{model,output}, then reports and packages exactly as the local backend does; the
+packaged model (with code/) is uploaded beside the job's artifacts for deploy.
+
+A rerun attaches to the job it started (<workdir>/train/sagemaker-job.json) while the settings are
+the same and the job has not failed or been stopped, instead of starting another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bincli.cloud.session import aws_error, boto_session, require_sdk, role_arn
+from bincli.config import Config
+from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, metric_definitions
+from bincli.core.fileio import atomic_write_json
+from bincli.data.s3 import join_key, make_client, parse_s3_uri
+from bincli.errors import BincliError, StateError
+from bincli.state import State
+from bincli.training import (
+    MODEL_TAR,
+    RUN_DIR,
+    TrainingInterrupted,
+    finish_training,
+    hyperparameters_from,
+    tuned_hyperparameters,
+)
+
+JOB_FILE = "sagemaker-job.json"
+TERMINAL = ("Completed", "Failed", "Stopped")
+CHECKPOINT_PATH = "/opt/ml/checkpoints"  # in the container; the entry point's default checkpoint dir
+
+
+def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = False, fresh: bool = False,
+                        wait: bool = True, console=None) -> dict[str, Any]:
+    """Start (or attach to) the training job; with `wait`, see it through to the 'train' record."""
+    from bincli.console import err
+
+    console = console or err
+    workdir = Path(workdir)
+    state = State(workdir)
+    split = state.require("split", needed_by="train")
+    upload = state.require("upload", needed_by="train on backend sagemaker")
+    if upload.get("backend") != "s3":
+        raise StateError("the last 'bincli upload' kept the split on this machine; SageMaker trains from S3",
+                         hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
+    require_sdk()
+    sm_cfg = config.sagemaker
+    hp = hyperparameters_from(config.train, tuned_hyperparameters(state) if from_tune else None)
+    hp["classes"] = split["classes"]
+    channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
+    bucket, prefix = parse_s3_uri(upload["uri"])
+    bucket = sm_cfg.bucket or bucket
+    job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
+                    "sagemaker": sm_cfg.model_dump(mode="json", exclude={"poll_seconds", "deploy_instance_type"})}
+    fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    session = boto_session(sm_cfg)
+    sm = session.client("sagemaker")
+    run_dir = (workdir / RUN_DIR).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_file = run_dir / JOB_FILE
+    job_name = None if fresh else _attachable(job_file, fingerprint, sm)
+    if job_name:
+        console.print(f"attaching to training job {job_name} (started earlier with these settings)",
+                      markup=False, soft_wrap=True)
+    else:
+        checkpoints = f"s3://{join_key(bucket, prefix, 'sagemaker', 'checkpoints', fingerprint)}"
+        if fresh:  # a fresh start must not resume the old checkpoints
+            checkpoints += f"-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        job_name = _start(config, session, hp, channels, bucket, prefix, checkpoints, run_dir)
+        atomic_write_json(job_file, {"job_name": job_name, "fingerprint": fingerprint, "checkpoints": checkpoints,
+                                     "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        console.print(f"started training job {job_name} ({sm_cfg.train_instance_count} x "
+                      f"{sm_cfg.train_instance_type}{', spot' if sm_cfg.spot else ''})", markup=False, soft_wrap=True)
+    if not wait:
+        status = _describe(sm, job_name)["TrainingJobStatus"]
+        return {"backend": "sagemaker", "job_name": job_name, "status": status, "waiting": False}
+
+    job = _wait(sm, job_name, sm_cfg.poll_seconds, console)
+    if job["TrainingJobStatus"] != "Completed":
+        reason = job.get("FailureReason") or job.get("SecondaryStatus") or "no reason given"
+        raise BincliError(f"training job {job_name} {job['TrainingJobStatus'].lower()}: {reason}",
+                          hint="see its CloudWatch logs (/aws/sagemaker/TrainingJobs); "
+                               "'bincli train' again starts a new job that resumes from its checkpoints")
+    s3 = make_client(region=session.region_name)
+    _download_artifacts(s3, job, run_dir)
+    models_prefix = join_key(prefix, "sagemaker", "models", job_name)
+
+    def publish(tar: Path) -> dict[str, Any]:
+        key = join_key(models_prefix, MODEL_TAR)
+        try:
+            s3.upload_file(str(tar), bucket, key)
+        except Exception as exc:
+            raise aws_error(exc, f"uploading the model to s3://{bucket}/{key}") from None
+        return {"backend": "sagemaker", "job_name": job_name, "model_s3": f"s3://{bucket}/{key}",
+                "job_artifact": job["ModelArtifacts"]["S3ModelArtifacts"],
+                "billable_seconds": job.get("BillableTimeInSeconds")}
+
+    return {**finish_training(state, config.train, hp, run_dir, workdir, split, publish=publish), "waiting": True}
+
+
+def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str, prefix: str,
+           checkpoints: str, run_dir: Path) -> str:
+    """Create the training job through the SDK's ModelTrainer; returns its name."""
+    from sagemaker.core import image_uris
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        MetricDefinition,
+        OutputDataConfig,
+        SourceCode,
+        StoppingCondition,
+    )
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.distributed import Torchrun
+
+    from bincli.bundle import write_core_bundle
+
+    sm_cfg = config.sagemaker
+    image = sm_cfg.training_image or image_uris.retrieve(
+        framework="pytorch", region=session.region_name, version=sm_cfg.framework_version,
+        instance_type=sm_cfg.train_instance_type, image_scope="training")
+    source_dir = write_core_bundle(run_dir / "sourcedir")
+    nproc = config.train.nproc_per_node
+    trainer = ModelTrainer(
+        sagemaker_session=Session(boto_session=session, default_bucket=bucket),
+        role=role_arn(sm_cfg),
+        training_image=image,
+        base_job_name=sm_cfg.base_job_name,
+        source_code=SourceCode(source_dir=str(source_dir), entry_script=TRAIN_SCRIPT),
+        compute=Compute(instance_type=sm_cfg.train_instance_type, instance_count=sm_cfg.train_instance_count,
+                        volume_size_in_gb=sm_cfg.volume_size_gb, enable_managed_spot_training=sm_cfg.spot),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=sm_cfg.max_run_minutes * 60,
+            max_wait_time_in_seconds=sm_cfg.max_wait_minutes * 60 if sm_cfg.spot else None),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoints, local_path=CHECKPOINT_PATH),
+        output_data_config=OutputDataConfig(s3_output_path=f"s3://{join_key(bucket, prefix, 'sagemaker', 'jobs')}"),
+        hyperparameters=hp,
+        # torchrun across instances, and across GPUs (SM_NUM_GPUS) unless nproc_per_node says otherwise.
+        distributed=Torchrun(process_count_per_node=nproc if nproc > 1 else None),
+    ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
+    try:
+        trainer.train(input_data_config=[InputData(channel_name=name, data_source=uri.rstrip("/") + "/")
+                                         for name, uri in channels.items()], wait=False, logs=False)
+    except Exception as exc:
+        raise aws_error(exc, "creating the training job") from None
+    return trainer._latest_training_job.training_job_name
+
+
+def _describe(sm: Any, job_name: str) -> dict[str, Any]:
+    try:
+        return sm.describe_training_job(TrainingJobName=job_name)
+    except Exception as exc:
+        raise aws_error(exc, f"training job {job_name}") from None
+
+
+def _attachable(job_file: Path, fingerprint: str, sm: Any) -> str | None:
+    """The recorded job, if it was started with the same settings and can still succeed."""
+    try:
+        record = json.loads(job_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != fingerprint:
+        return None
+    try:
+        status = sm.describe_training_job(TrainingJobName=record["job_name"])["TrainingJobStatus"]
+    except Exception:
+        return None  # gone (another account or region, or deleted): start a new one
+    return record["job_name"] if status in ("InProgress", "Completed") else None
+
+
+def _wait(sm: Any, job_name: str, poll_seconds: float, console) -> dict[str, Any]:
+    """Poll until the job ends, printing each status change. Ctrl-C stops waiting, not the job."""
+    seen = None
+    try:
+        while True:
+            job = _describe(sm, job_name)
+            status = (job["TrainingJobStatus"], job.get("SecondaryStatus"))
+            if status != seen:
+                transitions = job.get("SecondaryStatusTransitions") or [{}]
+                message = transitions[-1].get("StatusMessage", "")
+                console.print(f"  {job_name}: {status[0]} / {status[1]}" + (f": {message}" if message else ""),
+                              markup=False, soft_wrap=True)
+                seen = status
+            if status[0] in TERMINAL:
+                return job
+            time.sleep(poll_seconds)  # polling a remote API; SageMaker has no push notification here
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"stopped waiting; training job {job_name} keeps running on SageMaker",
+            hint=f"'bincli train' again attaches to it; to stop it: aws sagemaker stop-training-job "
+                 f"--training-job-name {job_name}") from None
+
+
+def _download_artifacts(s3: Any, job: dict[str, Any], run_dir: Path) -> None:
+    """The job's model.tar.gz into run_dir/model and output.tar.gz (metrics, plots) into run_dir/output."""
+    from bincli.core.contract import MODEL_INFO_FILE, WEIGHTS_FILE
+    from bincli.modeltar import extract_model
+
+    model_uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+    output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
+    for uri, sub, required in ((model_uri, "model", (WEIGHTS_FILE, MODEL_INFO_FILE)),
+                               (output_uri, "output", (METRICS_FILE,))):
+        bucket, key = parse_s3_uri(uri)
+        tmp = run_dir / f".{sub}.tar.gz"
+        try:
+            s3.download_file(bucket, key, str(tmp))
+        except Exception as exc:
+            raise aws_error(exc, f"downloading {uri}") from None
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+        try:
+            extract_model(tmp, run_dir / sub, required=required)
+        finally:
+            tmp.unlink(missing_ok=True)

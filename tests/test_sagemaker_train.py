@@ -1,0 +1,124 @@
+"""`bincli train` on backend sagemaker, against moto. moto records the job bincli creates but runs
+nothing, so the test runs it the way its container would (tests/sagemaker_container.py: the SDK's
+own drivers, our entry point, outputs uploaded where SageMaker puts them); then `bincli train`
+attaches to the job, fetches its artifacts, and reports and packages as the local backend does."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from bincli.cli import app
+from bincli.config import Config, SageMakerConfig, TrainConfig, UploadConfig
+from bincli.data.upload import run_upload
+from bincli.errors import ConfigError, StateError
+from bincli.state import State
+from sagemaker_container import run_training_job
+from train_blobs import make_split, record_split
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def uploaded(sagemaker_env, tmp_path):
+    """A split made and uploaded to (moto) S3 by bincli, as a user would before training."""
+    s3, sm, bucket, role = sagemaker_env
+    workdir = tmp_path / "work"
+    record_split(workdir, make_split(tmp_path / "split", {"train": 6, "valid": 2, "test": 2}, "0-5", size=32))
+    run_upload(UploadConfig(s3_uri=f"s3://{bucket}/abid"), workdir, progress=False)
+    return workdir, s3, sm, bucket, role
+
+
+def _config(workdir: Path, role: str | None, epochs: int = 2) -> Config:
+    return Config(workdir=workdir, backend="sagemaker",
+                  train=TrainConfig(epochs=epochs, batch_size=8, image_size=32, workers=0),
+                  sagemaker=SageMakerConfig(role_arn=role, region="us-east-1", train_instance_type="ml.m5.xlarge",
+                                            poll_seconds=0.01))
+
+
+def _jobs(sm) -> list[str]:
+    return sorted(j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"])
+
+
+@pytest.mark.slow
+def test_train_runs_as_a_training_job_then_attaches_and_packages(uploaded, tmp_path):
+    from bincli.cloud.training_job import run_train_sagemaker
+
+    workdir, s3, sm, bucket, role = uploaded
+    before = _jobs(sm)
+    cfg = _config(workdir, role)
+    started = run_train_sagemaker(cfg, workdir, wait=False, console=Console(file=io.StringIO()))
+    job_name = started["job_name"]
+    assert _jobs(sm) == sorted([*before, job_name]) and started["waiting"] is False
+
+    # The request SageMaker got: bincli's hyperparameters as strings, channels from the upload,
+    # spot with S3 checkpoints and a wait limit.
+    job = sm.describe_training_job(TrainingJobName=job_name)
+    hps = job["HyperParameters"]
+    assert (hps["classes"], hps["epochs"], hps["pretrained"], hps["batch-size"]) == ("0-5", "2", "false", "8")
+    assert "weights-file" not in hps
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    upload = State(workdir).outputs("upload")
+    assert {name: channels[name] for name in ("train", "valid", "test")} == {
+        name: upload["channels"][name] + "/" for name in ("train", "valid", "test")}
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["CheckpointConfig"]["S3Uri"].startswith(f"s3://{bucket}/abid/sagemaker/checkpoints/")
+    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 120 * 60, "MaxWaitTimeInSeconds": 240 * 60}
+    # (moto answers a fixed MetricDefinitions list whatever was sent, so the regexes are tested in
+    # test_core_train.py against real entry-point output instead.)
+    assert job["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+
+    result = run_training_job(sm, s3, job_name, tmp_path / "opt_ml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    out = io.StringIO()
+    done = run_train_sagemaker(cfg, workdir, console=Console(file=out, width=200))
+    assert f"attaching to training job {job_name}" in out.getvalue()
+    assert _jobs(sm) == sorted([*before, job_name])  # attached: no second job
+    assert done["job_name"] == job_name and done["backend"] == "sagemaker"
+    with tarfile.open(done["model"]) as tar:  # packaged for SageMaker serving: weights, info and code/
+        names = set(tar.getnames())
+    assert {"model.pth", "model_info.json", "code/inference.py"} <= names
+    model_key = done["model_s3"].removeprefix(f"s3://{bucket}/")
+    assert s3.head_object(Bucket=bucket, Key=model_key)["ContentLength"] == Path(done["model"]).stat().st_size
+    metrics = json.loads((workdir / "report" / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 6
+    assert State(workdir).outputs("train")["job_name"] == job_name
+
+    # Other settings: a new job, not the old one.
+    again = run_train_sagemaker(_config(workdir, role, epochs=3), workdir, wait=False,
+                                console=Console(file=io.StringIO()))
+    assert again["job_name"] != job_name and len(_jobs(sm)) == len(before) + 2
+
+
+def test_sagemaker_train_needs_the_split_in_s3(sagemaker_env, tmp_path):
+    from bincli.cloud.training_job import run_train_sagemaker
+
+    workdir = tmp_path / "work"
+    record_split(workdir, make_split(tmp_path / "split", {"train": 2, "valid": 1, "test": 1}, "0-5", size=32))
+    run_upload(UploadConfig(), workdir)  # backend local: nothing goes to S3
+    with pytest.raises(StateError, match=r"upload --s3-uri"):
+        run_train_sagemaker(_config(workdir, sagemaker_env[3]), workdir)
+
+
+def test_sagemaker_train_needs_a_role(uploaded, in_tmp):
+    workdir, *_ = uploaded
+    result = runner.invoke(app, ["train", "-w", str(workdir), "--set", "backend=sagemaker",
+                                 "--set", "sagemaker.region=us-east-1"])
+    assert result.exit_code == 2, result.output
+    assert "sagemaker.role_arn: required" in result.output
+    with pytest.raises(ConfigError):
+        from bincli.cloud.session import role_arn
+
+        role_arn(SageMakerConfig())
+
+
+def test_no_wait_is_for_the_sagemaker_backend_only(in_tmp):
+    result = runner.invoke(app, ["train", "--no-wait"])
+    assert result.exit_code == 2 and "--no-wait: only for backend sagemaker" in result.output
