@@ -99,8 +99,7 @@ def test_state_file_written_atomically_and_corrupt_state_is_explained(tmp_path):
 
 
 def test_steps_not_built_for_sagemaker_refuse_it_instead_of_running_locally(in_tmp):
-    for command in ("tune", "deploy", "teardown"):
-        result = runner.invoke(app, [command, "--set", "backend=sagemaker"])
-        assert result.exit_code == 2, (command, result.output)
-        assert f"'{command}' is built for backend 'local' only so far, got 'sagemaker'" in result.output, command
+    result = runner.invoke(app, ["tune", "--set", "backend=sagemaker"])
+    assert result.exit_code == 2, result.output
+    assert "'tune' is built for backend 'local' only so far, got 'sagemaker'" in result.output
     assert not (in_tmp / "bincli-work" / "state.json").exists()  # nothing started, nothing recorded

@@ -213,6 +213,10 @@ class SageMakerConfig(Section):
     base_job_name: str = Field("bincli", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,38}$")
     poll_seconds: float = Field(30.0, gt=0, le=600)
     deploy_instance_type: str = "ml.m5.large"
+    deploy_instance_count: int = Field(1, ge=1, le=100)
+    inference_image: str | None = None
+    inference_framework_version: str = "2.6"
+    deploy_timeout_minutes: int = Field(30, ge=1, le=24 * 60)
 
     @model_validator(mode="after")
     def _spot_wait_covers_run(self) -> SageMakerConfig:

@@ -39,6 +39,9 @@ from bincli.training import (
 
 JOB_FILE = "sagemaker-job.json"
 TERMINAL = ("Completed", "Failed", "Stopped")
+# The sagemaker keys that shape a training job: a change to one of them means another job.
+JOB_KEYS = {"region", "role_arn", "bucket", "train_instance_type", "train_instance_count", "training_image",
+            "framework_version", "volume_size_gb", "spot", "max_run_minutes", "max_wait_minutes", "base_job_name"}
 CHECKPOINT_PATH = "/opt/ml/checkpoints"  # in the container; the entry point's default checkpoint dir
 
 
@@ -63,7 +66,7 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
     bucket, prefix = parse_s3_uri(upload["uri"])
     bucket = sm_cfg.bucket or bucket
     job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
-                    "sagemaker": sm_cfg.model_dump(mode="json", exclude={"poll_seconds", "deploy_instance_type"})}
+                    "sagemaker": sm_cfg.model_dump(mode="json", include=JOB_KEYS)}
     fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
 
     session = boto_session(sm_cfg)

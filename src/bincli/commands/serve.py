@@ -9,6 +9,7 @@ import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import emit_json, err
+from bincli.errors import UsageError
 
 ModelOpt = Annotated[Path | None, typer.Option(
     "--model", "-m", help="model.tar.gz to use. Default: what 'bincli train' wrote.", dir_okay=False,
@@ -41,7 +42,8 @@ def deploy(
     """Start the local endpoint with the trained model; wait until it answers /ping.
 
     The server runs in the background (GET /ping, POST /invocations and the SageMaker runtime path
-    POST /endpoints/<name>/invocations); state records its name, URL, pid and model.
+    POST /endpoints/<name>/invocations); state records its name, URL, pid and model. With backend
+    sagemaker it creates a SageMaker model, endpoint config and real-time endpoint instead.
 
     Example: bincli deploy --port 0 && bincli predict bin.jpg && bincli teardown
     """
@@ -49,15 +51,28 @@ def deploy(
         "deploy.model": ("--model", model), "deploy.name": ("--name", name), "deploy.host": ("--host", host),
         "deploy.port": ("--port", port), "deploy.threads": ("--threads", threads),
     }).config
-    from bincli.endpoint import deploy as run_deploy
+    if cfg.backend == "sagemaker":
+        if foreground:
+            raise UsageError("--foreground: only for backend local (a SageMaker endpoint runs on AWS)")
+        from bincli.cloud.endpoint import deploy_sagemaker
 
-    result = run_deploy(cfg, update=update, foreground=foreground)
+        result = deploy_sagemaker(cfg, update=update)
+    else:
+        from bincli.endpoint import deploy as run_deploy
+
+        result = run_deploy(cfg, update=update, foreground=foreground)
     finish(result, json_out, _render_deploy)
 
 
 def _render_deploy(result: dict[str, Any]) -> None:
     if result.get("stopped"):
         err.print(f"endpoint '{result.get('name')}' stopped", markup=False, soft_wrap=True)
+        return
+    if result.get("backend") == "sagemaker":
+        err.print(f"SageMaker endpoint '{result['name']}' {result['status']}: {result['model_s3']}", markup=False,
+                  soft_wrap=True)
+        err.print(f"  {result['instance_type']} in {result['region']}; next: bincli predict bin.jpg   |   "
+                  "bincli teardown", markup=False, soft_wrap=True)
         return
     verb = "updated: now serving" if result.get("action") == "updated" else "serving"
     err.print(f"endpoint '{result['name']}' {verb} {result['model']}", markup=False, soft_wrap=True)
@@ -207,13 +222,16 @@ def teardown(
 ) -> None:
     """Stop the endpoint 'bincli deploy' started and forget it. Safe to run twice.
 
-    Only the process deploy started is stopped (same pid, start time and command line).
+    Only the process deploy started is stopped (same pid, start time and command line); with
+    backend sagemaker, only the endpoint, endpoint config and model deploy created are deleted.
 
     Example: bincli teardown
     """
     cfg = load(config, workdir, sets).config
-    from bincli.endpoint import teardown as run_teardown
-
+    if cfg.backend == "sagemaker":
+        from bincli.cloud.endpoint import teardown_sagemaker as run_teardown
+    else:
+        from bincli.endpoint import teardown as run_teardown
     finish(run_teardown(cfg, name), json_out, _render_teardown)
 
 
