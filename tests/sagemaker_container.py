@@ -6,7 +6,8 @@ input/config/{hyperparameters,inputdataconfig,resourceconfig}.json written, and 
 ContainerEntrypoint + ContainerArguments run (for a v3 ModelTrainer job: the SDK's sm_train.sh,
 environment.py and the basic/torchrun driver it uploaded). Then, as SageMaker does when a job
 succeeds, model/ goes up as the job's ModelArtifacts (model.tar.gz) and output/data/ as
-output.tar.gz beside it.
+output.tar.gz beside it. The container's output goes to CloudWatch Logs as SageMaker sends it
+(group /aws/sagemaker/TrainingJobs, stream <job>/algo-1-<seconds>, one event per line).
 
 The one liberty: /opt/ml needs root here, so it is relocated to `base`. The SDK's driver files
 and the container arguments are the only places that name it; the path is rewritten there.
@@ -15,6 +16,7 @@ The image's python3 (and torchrun) is this test's interpreter: its bin dir leads
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -83,6 +85,23 @@ def upload_outputs(job: dict[str, Any], s3: Any, base: Path) -> None:
         s3.upload_file(str(archive), bucket, key)
 
 
+def send_logs(job_name: str, text: str) -> None:
+    """The container's output lines as CloudWatch log events of the job's first host."""
+    import time
+
+    import boto3
+
+    logs = boto3.client("logs")
+    group, stream = "/aws/sagemaker/TrainingJobs", f"{job_name}/algo-1-{int(time.time())}"
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now, "message": line} for line in text.splitlines() if line.strip()]
+    for start in range(0, len(events), 1000):
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events[start:start + 1000])
+
+
 def run_training_job(sm: Any, s3: Any, job_name: str, base: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Prepare base as the container's /opt/ml, run the job's entrypoint there and, if it
     succeeds, upload its outputs where SageMaker would."""
@@ -96,6 +115,7 @@ def run_training_job(sm: Any, s3: Any, job_name: str, base: Path, timeout: float
     env.update(TRAINING_JOB_NAME=job_name, PYTHONUNBUFFERED="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=timeout)
+    send_logs(job_name, result.stdout + result.stderr)
     if result.returncode == 0:
         upload_outputs(job, s3, base)
     return result

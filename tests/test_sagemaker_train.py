@@ -79,7 +79,12 @@ def test_train_runs_as_a_training_job_then_attaches_and_packages(uploaded, tmp_p
 
     out = io.StringIO()
     done = run_train_sagemaker(cfg, workdir, console=Console(file=out, width=200))
-    assert f"attaching to training job {job_name}" in out.getvalue()
+    shown = out.getvalue()
+    assert f"attaching to training job {job_name}" in shown
+    # The job's epoch lines, followed in its CloudWatch logs, shown as a local run shows them;
+    # the SDK driver's environment dump is not.
+    assert "epoch 1/2  |  train loss" in shown and "epoch 2/2  |  train loss" in shown, shown
+    assert "SM_HPS" not in shown
     assert _jobs(sm) == sorted([*before, job_name])  # attached: no second job
     assert done["job_name"] == job_name and done["backend"] == "sagemaker"
     with tarfile.open(done["model"]) as tar:  # packaged for SageMaker serving: weights, info and code/

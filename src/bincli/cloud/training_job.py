@@ -91,7 +91,9 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
         status = _describe(sm, job_name)["TrainingJobStatus"]
         return {"backend": "sagemaker", "job_name": job_name, "status": status, "waiting": False}
 
-    job = _wait(sm, job_name, sm_cfg.poll_seconds, console)
+    from bincli.cloud.job_logs import JobLogs
+
+    job = _wait(sm, job_name, sm_cfg.poll_seconds, console, JobLogs(session, job_name), int(hp["epochs"]))
     if job["TrainingJobStatus"] != "Completed":
         reason = job.get("FailureReason") or job.get("SecondaryStatus") or "no reason given"
         raise BincliError(f"training job {job_name} {job['TrainingJobStatus'].lower()}: {reason}",
@@ -186,22 +188,30 @@ def _attachable(job_file: Path, fingerprint: str, sm: Any) -> str | None:
     return record["job_name"] if status in ("InProgress", "Completed") else None
 
 
-def _wait(sm: Any, job_name: str, poll_seconds: float, console) -> dict[str, Any]:
-    """Poll until the job ends, printing each status change. Ctrl-C stops waiting, not the job."""
+def _wait(sm: Any, job_name: str, poll_seconds: float, console, logs: Any, epochs: int) -> dict[str, Any]:
+    """Poll until the job ends, printing each status change and the job's epoch lines from its
+    CloudWatch logs, as `train` shows a local run. Ctrl-C stops waiting, not the job."""
+    from bincli.cloud.job_logs import worth_showing
+    from bincli.training import TrainProgress
+
     seen = None
     try:
-        while True:
-            job = _describe(sm, job_name)
-            status = (job["TrainingJobStatus"], job.get("SecondaryStatus"))
-            if status != seen:
-                transitions = job.get("SecondaryStatusTransitions") or [{}]
-                message = transitions[-1].get("StatusMessage", "")
-                console.print(f"  {job_name}: {status[0]} / {status[1]}" + (f": {message}" if message else ""),
-                              markup=False, soft_wrap=True)
-                seen = status
-            if status[0] in TERMINAL:
-                return job
-            time.sleep(poll_seconds)  # polling a remote API; SageMaker has no push notification here
+        with TrainProgress(console, epochs) as progress:
+            while True:
+                job = _describe(sm, job_name)
+                for line in logs.new_lines():  # after the describe: a finished job's last lines are in
+                    if worth_showing(line):
+                        progress.line(line)
+                status = (job["TrainingJobStatus"], job.get("SecondaryStatus"))
+                if status != seen:
+                    transitions = job.get("SecondaryStatusTransitions") or [{}]
+                    message = transitions[-1].get("StatusMessage", "")
+                    console.print(f"  {job_name}: {status[0]} / {status[1]}" + (f": {message}" if message else ""),
+                                  markup=False, soft_wrap=True)
+                    seen = status
+                if status[0] in TERMINAL:
+                    return job
+                time.sleep(poll_seconds)  # polling a remote API; SageMaker has no push notification here
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"stopped waiting; training job {job_name} keeps running on SageMaker",
