@@ -47,7 +47,7 @@ def _jobs(sm) -> list[str]:
 
 
 @pytest.mark.slow
-def test_train_runs_as_a_training_job_then_attaches_and_packages(uploaded, tmp_path):
+def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploaded, tmp_path, in_tmp):
     from bincli.cloud.training_job import run_train_sagemaker
 
     workdir, s3, sm, bucket, role = uploaded
@@ -95,6 +95,16 @@ def test_train_runs_as_a_training_job_then_attaches_and_packages(uploaded, tmp_p
     metrics = json.loads((workdir / "report" / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 6
     assert State(workdir).outputs("train")["job_name"] == job_name
+
+    # deploy serves the model train put in S3 (no second upload); teardown removes it.
+    args = ["-w", str(workdir), "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1",
+            "--set", f"sagemaker.role_arn={role}", "--set", "sagemaker.poll_seconds=0.01"]
+    deployed = runner.invoke(app, ["deploy", *args, "--json"])
+    assert deployed.exit_code == 0, deployed.output
+    model_name = json.loads(deployed.stdout)["models"][0]
+    assert sm.describe_model(ModelName=model_name)["PrimaryContainer"]["ModelDataUrl"] == done["model_s3"]
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+    assert model_name not in {m["ModelName"] for m in sm.list_models()["Models"]}
 
     # Other settings: a new job, not the old one.
     again = run_train_sagemaker(_config(workdir, role, epochs=3), workdir, wait=False,
