@@ -137,3 +137,15 @@ def test_sagemaker_train_needs_a_role(uploaded, in_tmp):
 def test_no_wait_is_for_the_sagemaker_backend_only(in_tmp):
     result = runner.invoke(app, ["train", "--no-wait"])
     assert result.exit_code == 2 and "--no-wait: only for backend sagemaker" in result.output
+
+
+def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(uploaded, in_tmp):
+    """moto marks the job Completed without running it: no model.tar.gz was ever uploaded."""
+    workdir, _, _, bucket, role = uploaded
+    args = ["train", "-w", str(workdir), "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1",
+            "--set", f"sagemaker.role_arn={role}", "--set", "sagemaker.poll_seconds=0.01", "--epochs", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"downloading s3://{bucket}/abid/sagemaker/jobs/" in result.output and "model.tar.gz" in result.output
+    assert State(workdir).outputs("train") is None
+    assert not (workdir / "model" / "model.tar.gz").exists()
