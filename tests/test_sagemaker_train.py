@@ -147,5 +147,6 @@ def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(upload
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert f"downloading s3://{bucket}/abid/sagemaker/jobs/" in result.output and "model.tar.gz" in result.output
+    assert "sagemaker.config" not in result.output  # the SDK's INFO chatter is not shown
     assert State(workdir).outputs("train") is None
     assert not (workdir / "model" / "model.tar.gz").exists()

@@ -87,6 +87,10 @@ def _main(
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("bincli").setLevel(
         logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO))
+    # The SageMaker SDK sets sagemaker.config to INFO unless the application chose a level
+    # ("applied value from config key ..." on every call): choose one.
+    for name in ("sagemaker", "sagemaker.config"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 # The pipeline, in the order it runs.
