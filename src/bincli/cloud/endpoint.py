@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.cloud.session import aws_error, boto_session, role_arn
+from bincli.cloud.session import artifacts_location, aws_error, boto_session, role_arn, upload_model
 from bincli.config import Config
 from bincli.console import err
 from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT
-from bincli.data.s3 import join_key, make_client, parse_s3_uri
 from bincli.errors import BincliError, ConfigError, StateError, UsageError
 from bincli.state import State
 
@@ -120,19 +119,11 @@ def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> 
         raise StateError("no model to deploy: 'bincli train' has not run in this workspace",
                          hint="run 'bincli train', or pass --model path/to/model.tar.gz")
     read_model_info(local)  # a sound archive before anything is created
-    upload = state.outputs("upload") or {}
-    bucket, prefix = (parse_s3_uri(upload["uri"]) if upload.get("backend") == "s3" else (None, ""))
-    bucket = cfg.sagemaker.bucket or bucket
+    bucket, prefix = artifacts_location(cfg.sagemaker, state.outputs("upload"))
     if not bucket:
         raise ConfigError("sagemaker.bucket: required to put the model in S3 for the endpoint",
                           hint="set sagemaker.bucket, or run 'bincli upload --s3-uri s3://bucket/prefix' first")
-    key = join_key(prefix, "sagemaker", "models", f"{cfg.deploy.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-                   "model.tar.gz")
-    try:
-        make_client(region=region).upload_file(str(local), bucket, key)
-    except Exception as exc:
-        raise aws_error(exc, f"uploading {local} to s3://{bucket}/{key}") from None
-    return f"s3://{bucket}/{key}"
+    return upload_model(local, bucket, prefix, f"{cfg.deploy.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}", region)
 
 
 def _default_image(cfg: Config, region: str) -> str:

@@ -6,6 +6,7 @@ which is also how tests aim everything at a moto server.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bincli.config import SageMakerConfig
@@ -48,3 +49,25 @@ def aws_error(exc: BaseException, what: str) -> BincliError:
     if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ValidationException":
         return BincliError(f"{what}: {exc.response['Error'].get('Message', 'rejected by SageMaker')}")
     return explain(exc, what)
+
+
+def artifacts_location(cfg: SageMakerConfig, upload: dict[str, Any] | None) -> tuple[str | None, str]:
+    """(bucket, prefix) for what bincli puts in S3 besides the data: sagemaker.bucket, else the
+    bucket the split was uploaded to; under the upload's prefix. The bucket is None if neither."""
+    from bincli.data.s3 import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(upload["uri"]) if upload and upload.get("backend") == "s3" else (None, "")
+    return cfg.bucket or bucket, prefix
+
+
+def upload_model(tar: Path, bucket: str, prefix: str, name: str, region: str) -> str:
+    """A packaged model.tar.gz to s3://bucket/<prefix>/sagemaker/models/<name>/model.tar.gz; returns that URI."""
+    from bincli.data.s3 import join_key, make_client
+    from bincli.training import MODEL_TAR
+
+    key = join_key(prefix, "sagemaker", "models", name, MODEL_TAR)
+    try:
+        make_client(region=region).upload_file(str(tar), bucket, key)
+    except Exception as exc:
+        raise aws_error(exc, f"uploading {tar} to s3://{bucket}/{key}") from None
+    return f"s3://{bucket}/{key}"

@@ -21,7 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.cloud.session import aws_error, boto_session, require_sdk, role_arn
+from bincli.cloud.session import (
+    artifacts_location,
+    aws_error,
+    boto_session,
+    require_sdk,
+    role_arn,
+    upload_model,
+)
 from bincli.config import Config
 from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, metric_definitions
 from bincli.core.fileio import atomic_write_json
@@ -29,7 +36,6 @@ from bincli.data.s3 import join_key, make_client, parse_s3_uri
 from bincli.errors import BincliError, StateError
 from bincli.state import State
 from bincli.training import (
-    MODEL_TAR,
     RUN_DIR,
     TrainingInterrupted,
     finish_training,
@@ -63,8 +69,7 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
     hp = hyperparameters_from(config.train, tuned_hyperparameters(state) if from_tune else None)
     hp["classes"] = split["classes"]
     channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
-    bucket, prefix = parse_s3_uri(upload["uri"])
-    bucket = sm_cfg.bucket or bucket
+    bucket, prefix = artifacts_location(sm_cfg, upload)
     job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
                     "sagemaker": sm_cfg.model_dump(mode="json", include=JOB_KEYS)}
     fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -99,17 +104,11 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
         raise BincliError(f"training job {job_name} {job['TrainingJobStatus'].lower()}: {reason}",
                           hint="see its CloudWatch logs (/aws/sagemaker/TrainingJobs); "
                                "'bincli train' again starts a new job that resumes from its checkpoints")
-    s3 = make_client(region=session.region_name)
-    _download_artifacts(s3, job, run_dir)
-    models_prefix = join_key(prefix, "sagemaker", "models", job_name)
+    _download_artifacts(make_client(region=session.region_name), job, run_dir)
 
     def publish(tar: Path) -> dict[str, Any]:
-        key = join_key(models_prefix, MODEL_TAR)
-        try:
-            s3.upload_file(str(tar), bucket, key)
-        except Exception as exc:
-            raise aws_error(exc, f"uploading the model to s3://{bucket}/{key}") from None
-        return {"backend": "sagemaker", "job_name": job_name, "model_s3": f"s3://{bucket}/{key}",
+        return {"backend": "sagemaker", "job_name": job_name,
+                "model_s3": upload_model(tar, bucket, prefix, job_name, session.region_name),
                 "job_artifact": job["ModelArtifacts"]["S3ModelArtifacts"],
                 "billable_seconds": job.get("BillableTimeInSeconds")}
 
