@@ -86,18 +86,25 @@ def plan(split: dict[str, Any], prefix: str, layout: str = "manifest") -> list[I
     return items
 
 
-def plan_folders(split: dict[str, Any], prefix: str) -> list[Item]:
-    """Every file of the split's folder layout `<split>/<count>/<id>.jpg`, keys mirroring it."""
+def folders_root(split: dict[str, Any]) -> Path:
+    """The root of the split's folder layout, checked to hold a folder per split."""
     if not split.get("folders"):
         raise ConfigError("upload.layout: folders needs the split's folder layout, and the last split wrote "
                           "manifests only", hint="run 'bincli split --layout folders' first")
     root = Path(split["folders"])
+    for name in SPLITS:
+        if not (root / name).is_dir():
+            raise DataError(f"{root / name}: the {name} folder of the split is missing",
+                            hint="run 'bincli split' again")
+    return root
+
+
+def plan_folders(split: dict[str, Any], prefix: str) -> list[Item]:
+    """Every file of the split's folder layout `<split>/<count>/<id>.jpg`, keys mirroring it."""
+    root = folders_root(split)
     items: list[Item] = []
     for name in SPLITS:
-        channel = root / name
-        if not channel.is_dir():
-            raise DataError(f"{channel}: the {name} folder of the split is missing", hint="run 'bincli split' again")
-        for path in sorted(p for p in channel.glob("*/*") if p.is_file()):
+        for path in sorted(p for p in (root / name).glob("*/*") if p.is_file()):
             rel = path.relative_to(root).as_posix()
             items.append(Item(path, join_key(prefix, rel), path.stat().st_size))
     return items
@@ -176,8 +183,7 @@ def _record_local(state: State, split: dict[str, Any], cfg: UploadConfig) -> dic
     train.csv, valid.csv, test.csv), and image paths resolve against the data root; with the
     folders layout each split's folder is its channel."""
     if cfg.layout == "folders":
-        plan_folders(split, "")  # checks the layout is there
-        root = Path(split["folders"]).resolve()
+        root = folders_root(split).resolve()
         uri, channels, manifests = str(root), {name: str(root / name) for name in SPLITS}, None
     else:
         manifests = {name: str(Path(split["manifests"][name]).resolve()) for name in SPLITS}
