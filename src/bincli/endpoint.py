@@ -179,11 +179,9 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """Stop and remove what deploy recorded; a no-op (with a message) when there is nothing."""
     require_local_backend(cfg, "teardown")
     state = State(cfg.workdir)
-    record = state.outputs("deploy")
-    if record is None or (name is not None and record.get("name") != name):
-        what = f"no endpoint '{name}'" if name else "no endpoint"
-        return {"name": name, "removed": [], "stopped": False,
-                "message": f"nothing to remove: {what} recorded in {cfg.workdir}"}
+    record = recorded_endpoint(state, name)
+    if record is None:
+        return {**nothing_to_remove(cfg, name), "stopped": False}
     removed = []
     stopped = _stop(record)
     if stopped:
@@ -201,6 +199,20 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     note = "" if stopped else f" (pid {record['pid']} was no longer this endpoint's server: left alone)"
     return {"name": record["name"], "url": record.get("url"), "pid": record["pid"], "stopped": stopped,
             "removed": removed, "message": f"removed endpoint '{record['name']}'{note}"}
+
+
+def recorded_endpoint(state: State, name: str | None = None) -> dict[str, Any] | None:
+    """The endpoint deploy recorded (either backend), if any and, with `name`, if it has that name."""
+    record = state.outputs("deploy")
+    if record is None or (name is not None and record.get("name") != name):
+        return None
+    return record
+
+
+def nothing_to_remove(cfg: Config, name: str | None) -> dict[str, Any]:
+    """teardown's result when there is no (such) endpoint: a second teardown is a no-op."""
+    what = f"no endpoint '{name}'" if name else "no endpoint"
+    return {"name": name, "removed": [], "message": f"nothing to remove: {what} recorded in {cfg.workdir}"}
 
 
 # ---------------------------------------------------------------- for predict / evaluate

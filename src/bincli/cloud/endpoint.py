@@ -77,11 +77,12 @@ def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = Fals
 
 def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """Delete what deploy recorded (endpoint, configs, models); nothing else."""
+    from bincli.endpoint import nothing_to_remove, recorded_endpoint
+
     state = State(cfg.workdir)
-    record = state.outputs("deploy")
-    if record is None or (name is not None and record.get("name") != name):
-        what = f"no endpoint '{name}'" if name else "no endpoint"
-        return {"name": name, "removed": [], "message": f"nothing to remove: {what} recorded in {cfg.workdir}"}
+    record = recorded_endpoint(state, name)
+    if record is None:
+        return nothing_to_remove(cfg, name)
     if record.get("backend") != "sagemaker":
         raise StateError(f"endpoint '{record['name']}' was deployed by backend local",
                          hint="run 'bincli teardown --set backend=local'")
