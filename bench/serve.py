@@ -4,7 +4,7 @@
                                     [--clients 8] [--data ../shared/abid-sample]
 
 An untrained resnet18 at the model's input size (weights do not change the cost), packaged as
-model.tar.gz and served by `bincli deploy` (a background `python -m bincli.serve`). Real ABID
+model.tar.gz and served by `bincli deploy` (a background `python -m bincli.backends.local.server`). Real ABID
 JPEGs from the sample. Figures:
   floor          model.net(x) on a ready (1, 3, S, S) tensor, in a worker process started like the server,
                  in a pool thread as the server runs it
@@ -45,7 +45,7 @@ def pct(values: list[float], p: float) -> float:
 def build_model_tar(tmp: Path, image_size: int) -> Path:
     import torch
 
-    from bincli.bundle import package_model
+    from bincli.artifacts.bundle import package_model
     from bincli.core.classes import ClassSpec
     from bincli.core.contract import IMAGENET_MEAN, IMAGENET_STD
     from bincli.core.model import build_model
@@ -69,7 +69,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 from bincli.core import inference
-from bincli.serve import load_model, warm_up
+from bincli.artifacts.loader import load_model, warm_up
 model, tmp = load_model(Path(sys.argv[1]))
 warm_up(model)
 bodies = [Path(p).read_bytes() for p in sys.argv[2:]]
@@ -142,7 +142,7 @@ def one_client(url: str, bodies: list[bytes], n: int) -> tuple[list[float], floa
 
 
 def boto3_client(name: str, url: str, bodies: list[bytes], n: int) -> list[float]:
-    from bincli.predict import EndpointPredictor
+    from bincli.steps.predict import EndpointPredictor
 
     p = EndpointPredictor(name, url)
     p.invoke(bodies[0], "image/jpeg")
@@ -204,8 +204,8 @@ def main() -> None:
     if not images:
         raise SystemExit(f"no JPEGs in {args.data / 'images'}")
     bodies = [p.read_bytes() for p in images]
+    from bincli.backends.local.endpoint import deploy, teardown
     from bincli.config import load_config
-    from bincli.endpoint import deploy, teardown
 
     with tempfile.TemporaryDirectory(prefix="bincli-bench-serve-") as tmp_name:
         tmp = Path(tmp_name)

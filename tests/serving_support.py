@@ -11,7 +11,7 @@ import threading
 import zlib
 from pathlib import Path
 
-from bincli.bundle import package_model
+from bincli.artifacts.bundle import package_model
 from bincli.core.classes import ClassSpec
 from bincli.core.contract import IMAGENET_MEAN, IMAGENET_STD, MAX_PAYLOAD_BYTES, MODEL_INFO_FILE, WEIGHTS_FILE
 
@@ -91,7 +91,7 @@ class ServerThread:
     def __init__(self, model, name: str = "bincli-test", threads: int = 4):
         import uvicorn
 
-        from bincli.serve import bind, create_app, url_of
+        from bincli.backends.local.server import bind, create_app, url_of
 
         self.name = name
         self.app = create_app(model, name, threads)

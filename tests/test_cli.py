@@ -98,8 +98,15 @@ def test_state_file_written_atomically_and_corrupt_state_is_explained(tmp_path):
     assert "unreadable state file" in result.stderr
 
 
-def test_steps_not_built_for_sagemaker_refuse_it_instead_of_running_locally(in_tmp):
+def test_features_a_backend_lacks_are_refused_with_one_message(in_tmp):
     result = runner.invoke(app, ["tune", "--set", "backend=sagemaker"])
     assert result.exit_code == 2, result.output
-    assert "'tune' is built for backend 'local' only so far, got 'sagemaker'" in result.output
+    assert "tune: not available on backend sagemaker (available on: local)" in result.output
     assert not (in_tmp / "bincli-work" / "state.json").exists()  # nothing started, nothing recorded
+    for args in (["deploy", "--foreground"], ["deploy", "--update"]):
+        result = runner.invoke(app, [*args, "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1"])
+        assert result.exit_code == 2, result.output
+        assert f"{args[1]}: not available on backend sagemaker (available on: local)" in result.output
+    result = runner.invoke(app, ["train", "--no-wait"])
+    assert result.exit_code == 2, result.output
+    assert "--no-wait: not available on backend local (available on: sagemaker)" in result.output

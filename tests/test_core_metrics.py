@@ -19,7 +19,7 @@ from bincli.core.metrics import (
     metrics_from_confusion,
     summary,
 )
-from bincli.report import render_metrics_table, write_report
+from bincli.steps.report import render_metrics_table, write_report
 
 LABELS, COUNTS = ["1", "2", "3"], [1, 2, 3]
 

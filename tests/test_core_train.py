@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bincli.bundle import write_core_bundle
+from bincli.artifacts.bundle import write_core_bundle
 from bincli.core.contract import HYPERPARAMETERS, METRIC_REGEX, metric_definitions, parse_epoch_line
 from bincli.core.model import build_model
 from bincli.core.train import get_args_parser, main, run

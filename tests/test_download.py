@@ -23,8 +23,8 @@ from bincli.cli import app
 from bincli.config import DownloadConfig
 from bincli.data import abid
 from bincli.data.download import DownloadFailed, run_download
-from bincli.data.progress import Progress
 from bincli.errors import UsageError
+from bincli.progress import Progress
 from bincli.state import State
 from conftest import ABID_MIRROR, ABID_SAMPLE
 

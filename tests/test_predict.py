@@ -13,12 +13,12 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from bincli.backends.local.endpoint import deploy, ping, teardown
 from bincli.cli import app
 from bincli.config import load_config
-from bincli.endpoint import deploy, ping, teardown
 from bincli.errors import BincliError, DataError, StateError, UsageError
-from bincli.predict import LocalPredictor, collect_images, run_predict
 from bincli.state import State
+from bincli.steps.predict import InProcessPredictor, collect_images, run_predict
 from serving_support import model_tar, sample_images
 
 # Runs the CLI in a fresh interpreter and reports which heavy packages it imported.
@@ -52,7 +52,7 @@ def tar(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local(tar):
-    predictor = LocalPredictor(tar)
+    predictor = InProcessPredictor(tar)
     yield predictor
     predictor.close()
 
@@ -131,7 +131,7 @@ def test_foreground_deploy_serves_until_teardown(tmp_path, tar, abid_sample):
 
 @pytest.mark.slow
 def test_deploy_reports_a_server_that_fails_to_start(tmp_path):
-    from bincli.bundle import package_model
+    from bincli.artifacts.bundle import package_model
     from serving_support import make_model_dir
 
     d = make_model_dir(tmp_path / "m")
@@ -152,7 +152,7 @@ def test_deploy_refuses_before_starting_anything(tmp_path, tar):
     junk.write_bytes(b"nope")
     with pytest.raises(DataError, match="not a readable tar archive"):
         deploy(cfg, model=junk)
-    from bincli.serve import bind
+    from bincli.backends.local.server import bind
 
     taken = bind("127.0.0.1", 0)
     taken.listen(1)
@@ -177,7 +177,7 @@ def test_teardown_never_signals_a_process_it_did_not_start(tmp_path):
     state = State(cfg.workdir)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for changes in ({"pid_started": 12345.0}, {"cmdline": ["python", "-m", "bincli.serve"]}):
+        for changes in ({"pid_started": 12345.0}, {"cmdline": ["python", "-m", "bincli.backends.local.server"]}):
             state.record("deploy", _fake_record(sleeper, **changes))  # same pid, but not the same process
             out = teardown(cfg)
             assert not out["stopped"] and "left alone" in out["message"]

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bincli.artifacts.loader import load_model
 from bincli.cli import app
 from bincli.config import load_config
 from bincli.data.split import run_split
 from bincli.errors import DataError, UsageError
-from bincli.evaluate import run_evaluate
-from bincli.serve import load_model
 from bincli.state import State
+from bincli.steps.evaluate import run_evaluate
 from serving_support import ServerThread, model_tar
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bincli.bundle import write_core_bundle
+from bincli.artifacts.bundle import write_core_bundle
 from bincli.config import TrainConfig
 from bincli.core.contract import MODEL_INFO_FILE, WEIGHTS_FILE, parse_epoch_line
-from bincli.training import hyperparameters_from
+from bincli.hyperparameters import hyperparameters_from
 from sagemaker_container import run_training_job
 from train_blobs import make_channels
 

@@ -48,12 +48,12 @@ def _jobs(sm) -> list[str]:
 
 @pytest.mark.slow
 def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploaded, tmp_path, in_tmp):
-    from bincli.cloud.training_job import run_train_sagemaker
+    from bincli.steps.train import run_train
 
     workdir, s3, sm, bucket, role = uploaded
     before = _jobs(sm)
     cfg = _config(workdir, role)
-    started = run_train_sagemaker(cfg, workdir, wait=False, console=Console(file=io.StringIO()))
+    started = run_train(cfg, wait=False, console=Console(file=io.StringIO()))
     job_name = started["job_name"]
     assert _jobs(sm) == sorted([*before, job_name]) and started["waiting"] is False
 
@@ -78,7 +78,7 @@ def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploade
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
     out = io.StringIO()
-    done = run_train_sagemaker(cfg, workdir, console=Console(file=out, width=200))
+    done = run_train(cfg, console=Console(file=out, width=200))
     shown = out.getvalue()
     assert f"attaching to training job {job_name}" in shown
     # The job's epoch lines, followed in its CloudWatch logs, shown as a local run shows them;
@@ -107,19 +107,19 @@ def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploade
     assert model_name not in {m["ModelName"] for m in sm.list_models()["Models"]}
 
     # Other settings: a new job, not the old one.
-    again = run_train_sagemaker(_config(workdir, role, epochs=3), workdir, wait=False,
-                                console=Console(file=io.StringIO()))
+    again = run_train(_config(workdir, role, epochs=3), wait=False,
+                      console=Console(file=io.StringIO()))
     assert again["job_name"] != job_name and len(_jobs(sm)) == len(before) + 2
 
 
 def test_sagemaker_train_needs_the_split_in_s3(sagemaker_env, tmp_path):
-    from bincli.cloud.training_job import run_train_sagemaker
+    from bincli.steps.train import run_train
 
     workdir = tmp_path / "work"
     record_split(workdir, make_split(tmp_path / "split", {"train": 2, "valid": 1, "test": 1}, "0-5", size=32))
     run_upload(UploadConfig(), workdir)  # backend local: nothing goes to S3
     with pytest.raises(StateError, match=r"upload --s3-uri"):
-        run_train_sagemaker(_config(workdir, sagemaker_env[3]), workdir)
+        run_train(_config(workdir, sagemaker_env[3]))
 
 
 def test_sagemaker_train_needs_a_role(uploaded, in_tmp):
@@ -129,14 +129,14 @@ def test_sagemaker_train_needs_a_role(uploaded, in_tmp):
     assert result.exit_code == 2, result.output
     assert "sagemaker.role_arn: required" in result.output
     with pytest.raises(ConfigError):
-        from bincli.cloud.session import role_arn
+        from bincli.backends.sagemaker.session import role_arn
 
         role_arn(SageMakerConfig())
 
 
 def test_no_wait_is_for_the_sagemaker_backend_only(in_tmp):
     result = runner.invoke(app, ["train", "--no-wait"])
-    assert result.exit_code == 2 and "--no-wait: only for backend sagemaker" in result.output
+    assert result.exit_code == 2 and "--no-wait: not available on backend local (available on: sagemaker)" in result.output
 
 
 def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(uploaded, in_tmp):

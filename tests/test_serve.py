@@ -1,4 +1,4 @@
-"""bincli's local endpoint (bincli.serve) as a real HTTP server on 127.0.0.1:<free port>."""
+"""bincli's local endpoint (bincli.backends.local.server) as a real HTTP server on 127.0.0.1:<free port>."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import httpx
 import pytest
 import torch
 
+from bincli.artifacts.loader import load_model
+from bincli.backends.local.server import bind
 from bincli.core import inference
 from bincli.core.contract import MAX_PAYLOAD_BYTES
-from bincli.serve import bind, load_model
 from serving_support import ServerThread, bad_requests, model_tar, sample_images
 
 
@@ -173,7 +174,8 @@ def test_server_process_refuses_a_taken_port(tmp_path):
     taken.listen(1)
     try:
         port = taken.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "bincli.serve", "--model", str(tmp_path / "m.tar.gz"),
+        proc = subprocess.run([sys.executable, "-m", "bincli.backends.local.server",
+                               "--model", str(tmp_path / "m.tar.gz"),
                                "--port", str(port)], capture_output=True, text=True, timeout=60)
     finally:
         taken.close()

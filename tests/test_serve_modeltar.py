@@ -1,4 +1,4 @@
-"""Safe model.tar.gz reading (bincli.modeltar): hostile archives are refused before any write."""
+"""Safe model.tar.gz reading (bincli.artifacts.modeltar): hostile archives are refused before any write."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
+from bincli.artifacts.modeltar import extract_model, read_model_info
 from bincli.errors import DataError
-from bincli.modeltar import extract_model, read_model_info
 
 INFO = json.dumps({"arch": "resnet18", "classes": "1-5", "image_size": 64}).encode()
 

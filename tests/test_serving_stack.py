@@ -29,9 +29,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bincli.artifacts.loader import load_model
+from bincli.artifacts.modeltar import extract_model
+from bincli.backends.local.server import bind
 from bincli.core.contract import MAX_PAYLOAD_BYTES
-from bincli.modeltar import extract_model
-from bincli.serve import bind, load_model
 from serving_support import ServerThread, bad_requests, model_tar, sample_images
 
 pytestmark = [pytest.mark.serving_stack, pytest.mark.slow]

@@ -16,8 +16,9 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from bincli.backends.local.launcher import build_command, build_env
 from bincli.cli import app
-from bincli.config import TrainConfig
+from bincli.config import Config, TrainConfig
 from bincli.core.classes import ClassSpec
 from bincli.core.data import CountDataset, ShardSampler, build_loader, load_channel
 from bincli.core.distributed import DistContext
@@ -25,8 +26,10 @@ from bincli.core.engine import evaluate
 from bincli.core.model import build_model
 from bincli.core.presets import eval_transform
 from bincli.errors import ConfigError
+from bincli.hyperparameters import hyperparameters_from
+from bincli.progress import TrainProgress
 from bincli.state import State
-from bincli.training import TrainProgress, build_command, build_env, hyperparameters_from, run_train
+from bincli.steps.train import run_train
 from train_blobs import make_split, record_split
 
 runner = CliRunner()
@@ -128,7 +131,7 @@ def test_train_step_with_two_ddp_processes(tmp_path):
     split = make_split(tmp_path, {"train": 5, "valid": 1, "test": 3}, "1-5", size=32)  # 5 valid images: 3 + 2
     record_split(tmp_path, split)
     cfg = TrainConfig(epochs=2, nproc_per_node=2, **FAST)
-    result = run_train(cfg, tmp_path, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    result = run_train(Config(workdir=tmp_path, train=cfg), console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
 
     log = Path(result["log"]).read_text()
     assert "torch.distributed.run" in log and "distributed: rank 0 of 2" in log

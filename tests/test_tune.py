@@ -9,12 +9,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bincli.backends.local.tuner import search_space
 from bincli.cli import app
 from bincli.config import Config, SplitConfig
 from bincli.data.split import run_split
 from bincli.errors import DataError
 from bincli.state import State
-from bincli.tuning import run_tune, search_space
+from bincli.steps.tune import run_tune
 from helpers import make_abid_folder
 
 runner = CliRunner()

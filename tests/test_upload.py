@@ -81,7 +81,7 @@ def test_local_backend_without_s3_uri_records_the_local_channels(split):
 
 def test_sagemaker_backend_needs_an_s3_uri(split):
     with pytest.raises(ConfigError, match=r"upload\.s3_uri"):
-        run_upload(UploadConfig(), split[0], backend="sagemaker")
+        run_upload(UploadConfig(), split[0], require_s3=True)
 
 
 def test_upload_needs_a_split(tmp_path):

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from bincli import __version__
 from bincli.commands import config as config_cmd
-from bincli.commands import download, serve, split, status, train, tune, upload
+from bincli.commands import deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
 from bincli.console import err, set_quiet
 from bincli.errors import BincliError, ConfigError
 
@@ -99,10 +99,10 @@ app.command("split")(split.split)
 app.command("upload")(upload.upload)
 app.command("tune")(tune.tune)
 app.command("train")(train.train)
-app.command("deploy")(serve.deploy)
-app.command("predict")(serve.predict)
-app.command("evaluate")(serve.evaluate)
-app.command("teardown")(serve.teardown)
+app.command("deploy")(deploy.deploy)
+app.command("predict")(predict.predict)
+app.command("evaluate")(evaluate.evaluate)
+app.command("teardown")(teardown.teardown)
 # Workspace and config.
 app.command("status")(status.status)
 app.add_typer(config_cmd.app, name="config")

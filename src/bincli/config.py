@@ -242,15 +242,6 @@ class Config(Section):
 STEPS = ("download", "split", "upload", "train", "tune", "deploy", "predict", "sagemaker")
 
 
-def require_local_backend(cfg: Config, step: str) -> None:
-    """Steps not yet built for the sagemaker backend refuse it, rather than quietly running locally."""
-    if cfg.backend != "local":
-        from bincli.errors import UsageError
-
-        raise UsageError(f"backend: '{step}' is built for backend 'local' only so far, got {cfg.backend!r}",
-                         hint="use --set backend=local (the sagemaker backend covers 'upload' so far)")
-
-
 # ---------------------------------------------------------------- loading
 class LoadedConfig:
     """The resolved config plus where each key's value came from (for `config show`)."""

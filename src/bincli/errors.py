@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -43,3 +42,9 @@ class StateError(BincliError):
 
 class DataError(BincliError):
     """Input data is missing, unreadable or inconsistent."""
+
+
+class Interrupted(BincliError):
+    """Ctrl-C (or SIGTERM) stopped a step after saving its progress; the same command resumes."""
+
+    exit_code = 130

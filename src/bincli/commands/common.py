@@ -22,6 +22,14 @@ WorkdirOpt = Annotated[
                  show_default=False, file_okay=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="model.tar.gz to use. Default: what 'bincli train' wrote.", dir_okay=False,
+    show_default=False)]
+EndpointOpt = Annotated[str | None, typer.Option(
+    "--endpoint", "-e", help="Endpoint name. Default: the one 'bincli deploy' recorded.", show_default=False)]
+EndpointUrlOpt = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="SageMaker runtime URL to call instead (e.g. another workspace's endpoint).",
+    show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config key, e.g. --set train.lr=0.01 (repeatable).",

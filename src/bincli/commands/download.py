@@ -82,7 +82,7 @@ def _render(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from bincli.data.progress import human_bytes
+    from bincli.progress import human_bytes
 
     seconds = max(result["seconds"], 1e-9)
     table = Table(title=f"download from {result['source']}", show_header=False)

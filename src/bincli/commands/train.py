@@ -9,7 +9,6 @@ import typer
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import err
-from bincli.errors import UsageError
 
 
 def train(
@@ -59,22 +58,13 @@ def train(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing, patience=patience,
         workers=workers, nproc_per_node=nproc_per_node, seed=seed, cache=cache, device=device)
     loaded = load(config, workdir, sets, flags)
-    cfg = loaded.config
-    if cfg.backend == "sagemaker":
-        from bincli.cloud.training_job import run_train_sagemaker
+    from bincli.steps.train import run_train
 
-        result = run_train_sagemaker(cfg, cfg.workdir, from_tune=from_tune, fresh=fresh, wait=wait)
-    else:
-        if not wait:
-            raise UsageError("--no-wait: only for backend sagemaker (a local run is this process)")
-        from bincli.training import run_train
-
-        result = run_train(cfg.train, cfg.workdir, from_tune=from_tune, fresh=fresh)
-    finish(result, json_out, _render)
+    finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
-    from bincli.report import render_metrics_table
+    from bincli.steps.report import render_metrics_table
 
     if not result.get("waiting", True):
         err.print(f"training job {result['job_name']}: {result['status']}; 'bincli train' again waits for it",

@@ -59,10 +59,8 @@ def tune(
     flags.update({"tune.max_jobs": ("--max-jobs", max_jobs), "tune.max_parallel": ("--max-parallel", max_parallel),
                   "tune.objective": ("--objective", objective), "tune.epochs": ("--epochs", epochs)})
     loaded = load(config, workdir, sets, flags)
-    from bincli.config import require_local_backend
-    from bincli.tuning import run_tune
+    from bincli.steps.tune import run_tune
 
-    require_local_backend(loaded.config, "tune")
     result = run_tune(loaded.config, fixed={key for key, value in fixed.items() if value is not None})
     finish(result, json_out, _render)
 

@@ -41,15 +41,13 @@ def upload(
         "upload.layout": ("--layout", layout),
         "upload.workers": ("--workers", workers),
     })
-    from bincli.data.upload import run_upload
+    from bincli.backends import get_backend
 
-    cfg = loaded.config
-    result = run_upload(cfg.upload, cfg.workdir, backend=cfg.backend, region=cfg.sagemaker.region)
-    finish(result, json_out, _render)
+    finish(get_backend(loaded.config).upload(), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
-    from bincli.data.progress import human_bytes
+    from bincli.progress import human_bytes
 
     if result["backend"] == "local":
         err.print(f"local backend: nothing to upload; channels are the local folder {result['uri']}", markup=False)

@@ -2,7 +2,7 @@
 
 The same four functions run in three places, so an answer is the same wherever it comes from:
   - SageMaker's PyTorch serving container (TorchServe + sagemaker-inference), through the
-    `code/inference.py` shim that bincli.bundle puts in model.tar.gz;
+    `code/inference.py` shim that bincli.artifacts.bundle puts in model.tar.gz;
   - bincli's local endpoint (bincli/serve.py);
   - `bincli predict --model` and `bincli evaluate --model` (in-process).
 

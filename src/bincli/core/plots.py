@@ -1,7 +1,7 @@
 """Report figures drawn with Pillow: the confusion matrix and the learning curves.
 
 Pillow rather than matplotlib because this runs inside the SageMaker training container, where
-the core may import only torch, torchvision, Pillow, numpy and the stdlib. `bincli.report` uses
+the core may import only torch, torchvision, Pillow, numpy and the stdlib. `bincli.steps.report` uses
 the same functions, so a figure looks the same whether the job or the CLI drew it.
 """
 

@@ -41,8 +41,8 @@ from bincli.core.fileio import atomic_write_json, atomic_write_text
 from bincli.data import abid
 from bincli.data.fetcher import Fetcher, Stats
 from bincli.data.local_store import DiskError, FetchError, LocalStore, check_jpeg, check_metadata
-from bincli.data.progress import Progress
 from bincli.errors import BincliError, DataError, UsageError
+from bincli.progress import Progress
 from bincli.state import State
 
 log = logging.getLogger("bincli.download")

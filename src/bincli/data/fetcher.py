@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.data.local_store import FetchError, Interrupted, LocalStore
-from bincli.data.progress import Progress
+from bincli.progress import Progress
 
 log = logging.getLogger("bincli.download")
 

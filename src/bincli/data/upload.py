@@ -33,9 +33,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bincli.config import UploadConfig
-from bincli.data.progress import Progress
 from bincli.data.s3 import explain, join_key, list_objects, make_client, parse_s3_uri
 from bincli.errors import BincliError, ConfigError, DataError
+from bincli.progress import Progress
 from bincli.state import State
 
 log = logging.getLogger("bincli.upload")
@@ -125,15 +125,16 @@ def digest(item: Item) -> None:
         item.etag = item.md5
 
 
-def run_upload(cfg: UploadConfig, workdir: Path, backend: str = "local", region: str | None = None,
+def run_upload(cfg: UploadConfig, workdir: Path, require_s3: bool = False, region: str | None = None,
                progress: bool | None = None) -> dict[str, Any]:
-    """The whole step. Returns the result (also recorded in state as 'upload')."""
+    """The whole step. Returns the result (also recorded in state as 'upload'). Without an
+    s3_uri the local folders are recorded as the channels, unless `require_s3` (SageMaker)."""
     started = time.monotonic()
     state = State(workdir)
     split = state.require("split", needed_by="upload")
     if cfg.s3_uri is None:
-        if backend != "local":
-            raise ConfigError(f"upload.s3_uri: required with backend {backend}",
+        if require_s3:
+            raise ConfigError("upload.s3_uri: required with backend sagemaker",
                               hint="pass --s3-uri s3://bucket/prefix or set upload.s3_uri")
         return _record_local(state, split, cfg)
 

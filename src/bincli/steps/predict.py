@@ -19,25 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bincli.backends.runtime import PredictError
 from bincli.config import Config
 from bincli.core.contract import JSON_CONTENT_TYPE
-from bincli.errors import BincliError, StateError, UsageError
+from bincli.errors import BincliError, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 DEFAULT_CONTENT_TYPE = "application/x-image"
-LOCAL_REGION = "us-east-1"  # botocore needs a region to build a client; a local endpoint ignores it
-
-
-class PredictError(Exception):
-    """The endpoint (or in-process handler) refused one image: its HTTP status and message."""
-
-    def __init__(self, status: int | None, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def content_type_for(path: Path) -> str:
@@ -64,71 +55,11 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
 
 
 # ---------------------------------------------------------------- predictors
-class EndpointPredictor:
-    """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
-
-    def __init__(self, name: str, url: str | None = None, region: str | None = None, timeout: float = 30.0,
-                 concurrency: int = 8, signed: bool = False):
-        import boto3
-        import botocore
-        from botocore.config import Config as BotoConfig
-
-        self.name, self.url = name, url
-        self.where = f"'{name}'" + (f" at {url}" if url else "")
-        config = BotoConfig(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
-                            retries={"max_attempts": 2, "mode": "standard"},
-                            max_pool_connections=max(concurrency, 10),
-                            signature_version=None if signed else botocore.UNSIGNED)
-        session = boto3.session.Session()
-        self.client = session.client("sagemaker-runtime", endpoint_url=url, config=config,
-                                     region_name=region or session.region_name or (None if signed else LOCAL_REGION))
-
-    def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-            NoCredentialsError,
-            ReadTimeoutError,
-        )
-
-        try:
-            resp = self.client.invoke_endpoint(EndpointName=self.name, Body=body, ContentType=content_type,
-                                               Accept=JSON_CONTENT_TYPE)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = error.get("Code", "?"), error.get("Message", str(exc))
-            if code == "ModelError":  # the model's container refused the request: per-image error
-                original = exc.response.get("OriginalStatusCode")
-                raise PredictError(int(original) if original else None,
-                                   exc.response.get("OriginalMessage") or message) from None
-            if code == "ValidationError" and "not found" in message.lower():
-                raise StateError(f"no endpoint {self.where}: {message}",
-                                 hint="check the name with 'bincli status', or run 'bincli deploy'") from None
-            raise BincliError(f"endpoint {self.where}: {code}: {message}") from None
-        except ReadTimeoutError:
-            raise PredictError(None, "no answer within the timeout (predict.timeout)") from None
-        except NoCredentialsError:
-            raise BincliError(f"endpoint {self.where}: no AWS credentials",
-                              hint="configure boto3 credentials (AWS_PROFILE, ~/.aws) for backend sagemaker") from None
-        except (ConnectionError, HTTPClientError) as exc:
-            raise BincliError(f"cannot reach endpoint {self.where}: {exc}",
-                              hint="is it running? 'bincli status' shows it; 'bincli deploy' starts it") from None
-        payload = resp["Body"].read()
-        try:
-            return json.loads(payload)
-        except ValueError:
-            raise PredictError(None, f"endpoint answered {resp.get('ContentType')}, not JSON") from None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class LocalPredictor:
+class InProcessPredictor:
     """The model loaded in this process (imports torch), answering through the same handler."""
 
     def __init__(self, model_tar: Path):
-        from bincli.serve import load_model, warm_up
+        from bincli.artifacts.loader import load_model, warm_up
 
         self.where = str(model_tar)
         self.model, self._tmp = load_model(Path(model_tar))
@@ -148,7 +79,7 @@ class LocalPredictor:
 
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> LocalPredictor:
+    def __enter__(self) -> InProcessPredictor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -161,25 +92,10 @@ def open_predictor(cfg: Config, endpoint: str | None = None, endpoint_url: str |
     if model is not None:
         if endpoint or endpoint_url:
             raise UsageError("--model predicts in-process: do not combine it with --endpoint/--endpoint-url")
-        return LocalPredictor(Path(model))
-    p = cfg.predict
-    name, url = endpoint or p.endpoint, endpoint_url or p.endpoint_url
-    signed = cfg.backend == "sagemaker"
-    region = cfg.sagemaker.region
-    if url is None and not signed:
-        from bincli.endpoint import running_endpoint
+        return InProcessPredictor(Path(model))
+    from bincli.backends import get_backend
 
-        record = running_endpoint(cfg, name)
-        name, url = record["name"], record["url"]
-    elif name is None:
-        from bincli.state import State
-
-        record = State(cfg.workdir).outputs("deploy")
-        if record is None and url is None:
-            raise StateError(f"no endpoint: none is deployed in {cfg.workdir}",
-                             hint="run 'bincli deploy' first, or pass --endpoint NAME")
-        name = record["name"] if record else cfg.deploy.name
-    return EndpointPredictor(name, url, region=region, timeout=p.timeout, concurrency=p.concurrency, signed=signed)
+    return get_backend(cfg).runtime_client(endpoint or cfg.predict.endpoint, endpoint_url or cfg.predict.endpoint_url)
 
 
 # ---------------------------------------------------------------- the step
@@ -220,7 +136,7 @@ def run_predict(cfg: Config, images: Sequence[Path], endpoint: str | None = None
     files = collect_images(images)
     predictor = open_predictor(cfg, endpoint, endpoint_url, model)
     try:
-        concurrency = 1 if isinstance(predictor, LocalPredictor) else cfg.predict.concurrency
+        concurrency = 1 if isinstance(predictor, InProcessPredictor) else cfg.predict.concurrency
         results = predict_files(predictor, files, concurrency)
     finally:
         predictor.close()

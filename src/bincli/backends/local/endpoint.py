@@ -1,6 +1,6 @@
 """`bincli deploy` / `teardown` for the local backend: the endpoint as a background process.
 
-deploy starts `python -m bincli.serve` in its own session (it outlives the shell that started it),
+deploy starts `python -m bincli.backends.local.server` in its own session (it outlives the shell that started it),
 waits until /ping answers, and records {"name", "url", "pid", "model", "port", ...} under state
 "deploy", with the process's start time and command line. teardown stops that process only if it
 is still the one deploy started (same pid, start time and command line: a reused pid is never
@@ -22,12 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.config import Config, require_local_backend
+from bincli.backends.records import nothing_to_remove, recorded_endpoint
+from bincli.config import Config
 from bincli.console import err
 from bincli.errors import BincliError, StateError, UsageError
+from bincli.layout import ENDPOINTS_DIR
 from bincli.state import State
 
-ENDPOINTS_DIR = "endpoints"
 LOG_FILE = "server.log"
 RUNTIME_FILE = "runtime.json"
 STOP_TIMEOUT = 15.0
@@ -43,12 +44,11 @@ def endpoint_dir(workdir: Path, name: str) -> Path:
 # ---------------------------------------------------------------- deploy
 def deploy(cfg: Config, model: Path | None = None, update: bool = False, foreground: bool = False) -> dict[str, Any]:
     """Start the endpoint (or replace its model with update=True); returns what state records."""
-    require_local_backend(cfg, "deploy")
     d = cfg.deploy
     state = State(cfg.workdir)
     model_tar = _model_path(cfg, state, model)
 
-    from bincli.modeltar import read_model_info
+    from bincli.artifacts.modeltar import read_model_info
 
     model_info = read_model_info(model_tar)  # checks the archive before anything starts
     host, port, replaced = d.host, d.port, None
@@ -77,7 +77,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
         _check_port_free(host, port)
     ep_dir = endpoint_dir(cfg.workdir, d.name)
     ep_dir.mkdir(parents=True, exist_ok=True)
-    base = {"name": d.name, "model": str(model_tar), "host": host, "threads": d.threads,
+    base = {"backend": "local", "name": d.name, "model": str(model_tar), "host": host, "threads": d.threads,
             "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE)}
     if foreground:
         return _run_foreground(cfg, state, base, port)
@@ -108,7 +108,7 @@ def _model_path(cfg: Config, state: State, model: Path | None) -> Path:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    from bincli.serve import bind
+    from bincli.backends.local.server import bind
 
     try:
         bind(host, port).close()
@@ -120,7 +120,7 @@ def _check_port_free(host: str, port: int) -> None:
 def _start_background(cfg: Config, base: dict[str, Any], port: int, ep_dir: Path) -> dict[str, Any]:
     log_path, runtime_file = ep_dir / LOG_FILE, ep_dir / RUNTIME_FILE
     runtime_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bincli.serve", "--model", base["model"], "--name", base["name"],
+    cmd = [sys.executable, "-m", "bincli.backends.local.server", "--model", base["model"], "--name", base["name"],
            "--host", base["host"], "--port", str(port), "--threads", str(base["threads"]),
            "--runtime-file", str(runtime_file)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -153,7 +153,7 @@ def _start_background(cfg: Config, base: dict[str, Any], port: int, ep_dir: Path
 
 def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) -> dict[str, Any]:
     """Serve in this process until Ctrl-C / SIGTERM; state holds the record while it serves."""
-    from bincli.serve import serve
+    from bincli.backends.local.server import serve
 
     record: dict[str, Any] = {}
 
@@ -177,11 +177,10 @@ def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) 
 # ---------------------------------------------------------------- teardown
 def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """Stop and remove what deploy recorded; a no-op (with a message) when there is nothing."""
-    require_local_backend(cfg, "teardown")
     state = State(cfg.workdir)
-    record = recorded_endpoint(state, name)
+    record = recorded_endpoint(state, name, backend="local")
     if record is None:
-        return {**nothing_to_remove(cfg, name), "stopped": False}
+        return {**nothing_to_remove(cfg.workdir, name), "stopped": False}
     removed = []
     stopped = _stop(record)
     if stopped:
@@ -199,20 +198,6 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     note = "" if stopped else f" (pid {record['pid']} was no longer this endpoint's server: left alone)"
     return {"name": record["name"], "url": record.get("url"), "pid": record["pid"], "stopped": stopped,
             "removed": removed, "message": f"removed endpoint '{record['name']}'{note}"}
-
-
-def recorded_endpoint(state: State, name: str | None = None) -> dict[str, Any] | None:
-    """The endpoint deploy recorded (either backend), if any and, with `name`, if it has that name."""
-    record = state.outputs("deploy")
-    if record is None or (name is not None and record.get("name") != name):
-        return None
-    return record
-
-
-def nothing_to_remove(cfg: Config, name: str | None) -> dict[str, Any]:
-    """teardown's result when there is no (such) endpoint: a second teardown is a no-op."""
-    what = f"no endpoint '{name}'" if name else "no endpoint"
-    return {"name": name, "removed": [], "message": f"nothing to remove: {what} recorded in {cfg.workdir}"}
 
 
 # ---------------------------------------------------------------- for predict / evaluate

@@ -16,21 +16,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.cloud.session import artifacts_location, aws_error, boto_session, role_arn, upload_model
+from bincli.backends.records import nothing_to_remove, recorded_endpoint
+from bincli.backends.sagemaker.session import (
+    artifacts_location,
+    aws_error,
+    boto_session,
+    is_not_found,
+    role_arn,
+    upload_model,
+)
 from bincli.config import Config
 from bincli.console import err
 from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT
-from bincli.errors import BincliError, ConfigError, StateError, UsageError
+from bincli.errors import BincliError, ConfigError, StateError
 from bincli.state import State
 
 MODEL_DIR_IN_CONTAINER = "/opt/ml/model"
 
 
-def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = False) -> dict[str, Any]:
+def deploy_sagemaker(cfg: Config, model: Path | None = None) -> dict[str, Any]:
     """Create the endpoint for the trained model and wait until it is InService."""
-    if update:
-        raise UsageError("--update: not built for backend sagemaker yet",
-                         hint="'bincli teardown' then 'bincli deploy' (the endpoint is down in between)")
     state = State(cfg.workdir)
     existing = state.outputs("deploy")
     if existing is not None:
@@ -77,19 +82,15 @@ def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = Fals
 
 def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """Delete what deploy recorded (endpoint, configs, models); nothing else."""
-    from bincli.endpoint import nothing_to_remove, recorded_endpoint
-
     state = State(cfg.workdir)
-    record = recorded_endpoint(state, name)
+    record = recorded_endpoint(state, name, backend="sagemaker")
     if record is None:
-        return nothing_to_remove(cfg, name)
-    if record.get("backend") != "sagemaker":
-        raise StateError(f"endpoint '{record['name']}' was deployed by backend local",
-                         hint="run 'bincli teardown --set backend=local'")
+        return nothing_to_remove(cfg.workdir, name)
     from botocore.config import Config as BotoConfig
 
-    sm = boto_session(cfg.sagemaker).client("sagemaker", region_name=record.get("region"),
-                                            config=BotoConfig(retries={"mode": "standard"}))
+    # The record's region: the one the endpoint is in, whatever the config or environment says now.
+    sm = boto_session(cfg.sagemaker, region=record.get("region")).client(
+        "sagemaker", config=BotoConfig(retries={"mode": "standard"}))
     removed = []
     steps = ([("endpoint", sm.delete_endpoint, {"EndpointName": record["endpoint"]})] if record.get("endpoint") else [])
     steps += [("endpoint config", sm.delete_endpoint_config, {"EndpointConfigName": n})
@@ -101,7 +102,7 @@ def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
             delete(**args)
             removed.append(what)
         except Exception as exc:
-            if not _already_gone(exc):
+            if not is_not_found(exc):
                 raise aws_error(exc, f"deleting {what}") from None
     state.forget("deploy")
     removed.append("state record 'deploy'")
@@ -110,7 +111,7 @@ def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
 
 def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:
     """The S3 URI of the packaged model: train's upload, else the local archive uploaded now."""
-    from bincli.modeltar import read_model_info
+    from bincli.artifacts.modeltar import read_model_info
 
     train = state.outputs("train") or {}
     if model is None and cfg.deploy.model is None and train.get("model_s3"):
@@ -128,7 +129,7 @@ def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> 
 
 
 def _default_image(cfg: Config, region: str) -> str:
-    from bincli.cloud.session import require_sdk
+    from bincli.backends.sagemaker.session import require_sdk
 
     require_sdk()
     from sagemaker.core import image_uris
@@ -155,12 +156,3 @@ def _wait_in_service(sm: Any, name: str, poll_seconds: float, timeout: float) ->
             raise BincliError(f"endpoint '{name}' still {status} after {timeout / 60:.0f} min",
                               hint="'bincli status' later, or 'bincli teardown' to remove it")
         time.sleep(poll_seconds)  # polling a remote API
-
-
-def _already_gone(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return False
-    message = exc.response.get("Error", {}).get("Message", "")
-    return "Could not find" in message or "does not exist" in message

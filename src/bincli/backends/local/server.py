@@ -15,7 +15,7 @@ wrapped the way SageMaker does it (424 ModelError with OriginalStatusCode), whic
 The model is loaded once, before the port answers. Inference runs in a pool of `threads`
 worker threads (torch releases the GIL), so /ping and /metrics answer while requests run.
 
-Run: python -m bincli.serve --model model.tar.gz [--name N] [--host H] [--port P] [--threads T]
+Run: python -m bincli.backends.local.server --model model.tar.gz [--name N] [--host H] [--port P] [--threads T]
      [--runtime-file F]   (port 0 picks a free port; F receives {"pid", "port", "url", ...} when ready)
 """
 
@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,9 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bincli.artifacts.loader import load_model, warm_up
 from bincli.core.contract import JSON_CONTENT_TYPE, MAX_PAYLOAD_BYTES
 
-log = logging.getLogger("bincli.serve")
+log = logging.getLogger("bincli.backends.local.server")
 
 DEFAULT_NAME = "bincli-local"
 # A body announced above the limit is still read (and dropped) up to this size, so that the client,
@@ -78,23 +78,6 @@ class Stats:
                            "mean": round(sum(lat) / len(lat), 3) if lat else None, "window": len(lat)},
             "uptime_s": round(time.time() - self.started, 1),
         }
-
-
-def load_model(model_tar: Path, workdir: Path | None = None) -> tuple[Any, Path]:
-    """Extract model.tar.gz safely into a fresh temp dir and run model_fn on it.
-
-    Returns (model, extracted dir); the caller removes the dir when done.
-    """
-    from bincli.core import inference
-    from bincli.modeltar import extract_model
-
-    tmp = Path(tempfile.mkdtemp(prefix="bincli-model-", dir=workdir))
-    try:
-        extract_model(Path(model_tar), tmp)
-        return inference.model_fn(tmp), tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def create_app(model: Any, name: str = DEFAULT_NAME, threads: int = 4, model_path: str | None = None):
@@ -292,16 +275,6 @@ def _server_class():
     return Server
 
 
-def warm_up(model: Any) -> None:
-    """One forward pass, so the first real request does not pay for allocator and kernel setup."""
-    import torch
-
-    from bincli.core import inference
-
-    size = model.image_size
-    inference.predict_fn(torch.zeros(1, 3, size, size), model)
-
-
 def _remove_if_ours(runtime_file: Path) -> None:
     try:
         if json.loads(runtime_file.read_text()).get("pid") == os.getpid():
@@ -311,7 +284,8 @@ def _remove_if_ours(runtime_file: Path) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bincli.serve", description="bincli's local endpoint server.")
+    p = argparse.ArgumentParser(prog="python -m bincli.backends.local.server",
+                                description="bincli's local endpoint server.")
     p.add_argument("--model", required=True, type=Path, help="model.tar.gz to serve")
     p.add_argument("--name", default=DEFAULT_NAME, help=f"endpoint name (default {DEFAULT_NAME})")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")

@@ -17,14 +17,17 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.cloud.session import (
+from bincli.backends import TrainingRun
+from bincli.backends.sagemaker.session import (
     artifacts_location,
     aws_error,
     boto_session,
+    is_not_found,
     require_sdk,
     role_arn,
     upload_model,
@@ -33,15 +36,9 @@ from bincli.config import Config
 from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, metric_definitions
 from bincli.core.fileio import atomic_write_json
 from bincli.data.s3 import join_key, make_client, parse_s3_uri
-from bincli.errors import BincliError, StateError
+from bincli.errors import BincliError, Interrupted, StateError
+from bincli.layout import RUN_DIR, under
 from bincli.state import State
-from bincli.training import (
-    RUN_DIR,
-    TrainingInterrupted,
-    finish_training,
-    hyperparameters_from,
-    tuned_hyperparameters,
-)
 
 JOB_FILE = "sagemaker-job.json"
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -51,23 +48,21 @@ JOB_KEYS = {"region", "role_arn", "bucket", "train_instance_type", "train_instan
 CHECKPOINT_PATH = "/opt/ml/checkpoints"  # in the container; the entry point's default checkpoint dir
 
 
-def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = False, fresh: bool = False,
-                        wait: bool = True, console=None) -> dict[str, Any]:
-    """Start (or attach to) the training job; with `wait`, see it through to the 'train' record."""
+def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str, Any], *, fresh: bool = False,
+                       wait: bool = True, console=None) -> TrainingRun:
+    """Start (or attach to) the training job; with `wait`, see it through and fetch its run folder."""
     from bincli.console import err
 
     console = console or err
-    workdir = Path(workdir)
+    workdir = Path(config.workdir)
     state = State(workdir)
-    split = state.require("split", needed_by="train")
     upload = state.require("upload", needed_by="train on backend sagemaker")
     if upload.get("backend") != "s3":
         raise StateError("the last 'bincli upload' kept the split on this machine; SageMaker trains from S3",
                          hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
     require_sdk()
     sm_cfg = config.sagemaker
-    hp = hyperparameters_from(config.train, tuned_hyperparameters(state) if from_tune else None)
-    hp["classes"] = split["classes"]
+    hp = dict(hp)
     channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
     bucket, prefix = artifacts_location(sm_cfg, upload)
     job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
@@ -76,7 +71,7 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
 
     session = boto_session(sm_cfg)
     sm = session.client("sagemaker")
-    run_dir = (workdir / RUN_DIR).resolve()
+    run_dir = under(workdir, RUN_DIR)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
     job_name = None if fresh else _attachable(job_file, fingerprint, sm)
@@ -94,9 +89,9 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
                       f"{sm_cfg.train_instance_type}{', spot' if sm_cfg.spot else ''})", markup=False, soft_wrap=True)
     if not wait:
         status = _describe(sm, job_name)["TrainingJobStatus"]
-        return {"backend": "sagemaker", "job_name": job_name, "status": status, "waiting": False}
+        return TrainingRun(run_dir, pending={"backend": "sagemaker", "job_name": job_name, "status": status})
 
-    from bincli.cloud.job_logs import JobLogs
+    from bincli.backends.sagemaker.job_logs import JobLogs
 
     job = _wait(sm, job_name, sm_cfg.poll_seconds, console, JobLogs(session, job_name), int(hp["epochs"]))
     if job["TrainingJobStatus"] != "Completed":
@@ -112,7 +107,7 @@ def run_train_sagemaker(config: Config, workdir: Path, *, from_tune: bool = Fals
                 "job_artifact": job["ModelArtifacts"]["S3ModelArtifacts"],
                 "billable_seconds": job.get("BillableTimeInSeconds")}
 
-    return {**finish_training(state, config.train, hp, run_dir, workdir, split, publish=publish), "waiting": True}
+    return TrainingRun(run_dir, publish=publish, extra={"waiting": True})
 
 
 def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str, prefix: str,
@@ -132,7 +127,7 @@ def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str,
     from sagemaker.train import ModelTrainer
     from sagemaker.train.distributed import Torchrun
 
-    from bincli.bundle import write_core_bundle
+    from bincli.artifacts.bundle import write_core_bundle
 
     sm_cfg = config.sagemaker
     image = sm_cfg.training_image or image_uris.retrieve(
@@ -182,16 +177,19 @@ def _attachable(job_file: Path, fingerprint: str, sm: Any) -> str | None:
         return None
     try:
         status = sm.describe_training_job(TrainingJobName=record["job_name"])["TrainingJobStatus"]
-    except Exception:
-        return None  # gone (another account or region, or deleted): start a new one
+    except Exception as exc:
+        if is_not_found(exc):
+            return None  # gone (deleted, or another account or region): start a new one
+        # Throttling, expired credentials, no network: never start a second, billed job on a guess.
+        raise aws_error(exc, f"checking training job {record['job_name']}") from None
     return record["job_name"] if status in ("InProgress", "Completed") else None
 
 
 def _wait(sm: Any, job_name: str, poll_seconds: float, console, logs: Any, epochs: int) -> dict[str, Any]:
     """Poll until the job ends, printing each status change and the job's epoch lines from its
     CloudWatch logs, as `train` shows a local run. Ctrl-C stops waiting, not the job."""
-    from bincli.cloud.job_logs import worth_showing
-    from bincli.training import TrainProgress
+    from bincli.backends.sagemaker.job_logs import worth_showing
+    from bincli.progress import TrainProgress
 
     seen = None
     try:
@@ -212,7 +210,7 @@ def _wait(sm: Any, job_name: str, poll_seconds: float, console, logs: Any, epoch
                     return job
                 time.sleep(poll_seconds)  # polling a remote API; SageMaker has no push notification here
     except KeyboardInterrupt:
-        raise TrainingInterrupted(
+        raise Interrupted(
             f"stopped waiting; training job {job_name} keeps running on SageMaker",
             hint=f"'bincli train' again attaches to it; to stop it: aws sagemaker stop-training-job "
                  f"--training-job-name {job_name}") from None
@@ -220,8 +218,8 @@ def _wait(sm: Any, job_name: str, poll_seconds: float, console, logs: Any, epoch
 
 def _download_artifacts(s3: Any, job: dict[str, Any], run_dir: Path) -> None:
     """The job's model.tar.gz into run_dir/model and output.tar.gz (metrics, plots) into run_dir/output."""
+    from bincli.artifacts.modeltar import extract_model
     from bincli.core.contract import MODEL_INFO_FILE, WEIGHTS_FILE
-    from bincli.modeltar import extract_model
 
     model_uri = job["ModelArtifacts"]["S3ModelArtifacts"]
     output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"

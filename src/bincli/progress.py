@@ -14,13 +14,21 @@ Quiet mode (-q) shows neither. Usable from any step (training epochs, uploads, p
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from bincli.console import err, is_quiet
+from bincli.core.contract import parse_epoch_line, parse_progress_line
 
 log = logging.getLogger("bincli.progress")
+
+_ERROR_LINE = re.compile(r"^ERROR [\w.]+: (error|hint): (.*)$")  # what core/train.py's main() logs
+_INTERRUPTED_LINE = re.compile(r"interrupted by signal \d+ at epoch (\d+) \(after (\d+) samples\)")
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 
 
 def human_bytes(n: float) -> str:
@@ -178,3 +186,88 @@ def _rich_progress(show_bytes: bool) -> Any:
                         StatsColumn(table_column=Column(no_wrap=True)),
                         TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
                         refresh_per_second=4, expand=True)
+
+
+class TrainProgress:
+    """Turns the child's lines into output for people: a rich progress bar per epoch (img/s, loss,
+    accuracy) on a terminal, one plain line per epoch otherwise. Other lines (logs) pass through."""
+
+    def __init__(self, console, epochs: int, live: bool | None = None):
+        self.console, self.epochs = console, epochs
+        self.live = console.is_terminal if live is None else live
+        self.epoch_rows: list[dict[str, float]] = []
+        self.errors: list[str] = []
+        self.hints: list[str] = []
+        self.tail: deque[str] = deque(maxlen=5)  # last log lines, for a crash without an error line
+        self.interrupted: tuple[int, int] | None = None
+        self._progress = None
+        self._task = None
+        self._task_epoch = None
+
+    def __enter__(self) -> TrainProgress:
+        if self.live and not self.console.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[img_s]:>6.1f} img/s  loss {task.fields[loss]:.4f}  "
+                           "acc {task.fields[acc]:.3f}"),
+                TimeRemainingColumn(), console=self.console, transient=False)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def bar(self):
+        """The live bar as a renderable (None when not live)."""
+        return self._progress.get_renderable() if self._progress is not None else None
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, markup=False, highlight=False, style=style, soft_wrap=True)
+
+    def line(self, raw: str) -> None:
+        text = raw.rstrip("\n")
+        if not text.strip():
+            return
+        prog = parse_progress_line(text)
+        if prog is not None:
+            if self._progress is not None:
+                self._update_bar(prog)
+            return
+        row = parse_epoch_line(text)
+        if row is not None:
+            self.epoch_rows.append(row)
+            if self._progress is not None and self._task is not None:
+                self._progress.remove_task(self._task)  # the summary line replaces the finished bar
+                self._task = self._task_epoch = None
+            self._print(self.epoch_summary(row, self.epochs))
+            return
+        text = _LOG_PREFIX.sub("", text)
+        self.tail.append(text.strip())
+        m = _ERROR_LINE.search(text)
+        if m:
+            (self.errors if m.group(1) == "error" else self.hints).append(m.group(2))
+        m = _INTERRUPTED_LINE.search(text)
+        if m:
+            self.interrupted = (int(m.group(1)), int(m.group(2)))
+        self._print(text, style="dim" if " INFO " in f" {text} " else None)
+
+    def _update_bar(self, prog: dict[str, float]) -> None:
+        fields = {"epoch": int(prog["epoch"]), "epochs": self.epochs, "img_s": prog["img_s"],
+                  "loss": prog["loss"], "acc": prog["acc"]}
+        if self._task_epoch != prog["epoch"]:
+            self._task = self._progress.add_task("train", total=int(prog["steps"]), **fields)
+            self._task_epoch = prog["epoch"]
+        self._progress.update(self._task, completed=int(prog["step"]), total=int(prog["steps"]), **fields)
+
+    @staticmethod
+    def epoch_summary(row: Mapping[str, float], epochs: int) -> str:
+        parts = [f"epoch {int(row['epoch'])}/{epochs}",
+                 f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"]
+        if "valid_loss" in row:
+            parts.append(f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} "
+                         f"rmse {row.get('valid_rmse', float('nan')):.3f} mae {row.get('valid_mae', float('nan')):.3f}")
+        parts.append(f"lr {row.get('lr', float('nan')):.2e}  {row.get('train_img_s', 0):.1f} img/s")
+        return "  |  ".join(parts)

@@ -22,11 +22,12 @@ def require_sdk() -> None:
                          hint="pip install 'bincli[sagemaker]'") from None
 
 
-def boto_session(cfg: SageMakerConfig) -> Any:
-    """A boto3 session in the configured region (else boto3's own), with a clear error if none."""
+def boto_session(cfg: SageMakerConfig, region: str | None = None) -> Any:
+    """A boto3 session in `region`, else the configured one, else boto3's own; a clear error if none."""
     import boto3
 
-    session = boto3.Session(region_name=cfg.region) if cfg.region else boto3.Session()
+    region = region or cfg.region
+    session = boto3.Session(region_name=region) if region else boto3.Session()
     if not session.region_name:
         raise ConfigError("sagemaker.region: no AWS region set",
                           hint="set sagemaker.region, AWS_DEFAULT_REGION or a profile with a region")
@@ -51,6 +52,22 @@ def aws_error(exc: BaseException, what: str) -> BincliError:
     return explain(exc, what)
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """True only when SageMaker says the resource does not exist. Anything else (throttling, expired
+    credentials, access denied) is not "not found", and must not be treated as if it were."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", ""), error.get("Message", "")
+    if code in ("ResourceNotFound", "ResourceNotFoundException"):
+        return True
+    # SageMaker answers a missing training job, model, endpoint config or endpoint with a
+    # ValidationException whose message says so; other ValidationExceptions are real errors.
+    return code == "ValidationException" and ("Could not find" in message or "does not exist" in message)
+
+
 def artifacts_location(cfg: SageMakerConfig, upload: dict[str, Any] | None) -> tuple[str | None, str]:
     """(bucket, prefix) for what bincli puts in S3 besides the data: sagemaker.bucket, else the
     bucket the split was uploaded to; under the upload's prefix. The bucket is None if neither."""
@@ -63,7 +80,7 @@ def artifacts_location(cfg: SageMakerConfig, upload: dict[str, Any] | None) -> t
 def upload_model(tar: Path, bucket: str, prefix: str, name: str, region: str) -> str:
     """A packaged model.tar.gz to s3://bucket/<prefix>/sagemaker/models/<name>/model.tar.gz; returns that URI."""
     from bincli.data.s3 import join_key, make_client
-    from bincli.training import MODEL_TAR
+    from bincli.layout import MODEL_TAR
 
     key = join_key(prefix, "sagemaker", "models", name, MODEL_TAR)
     try:

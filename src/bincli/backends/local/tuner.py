@@ -24,16 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bincli.backends.local.launcher import build_command, build_env, run_child
 from bincli.config import Config, SearchSpace
 from bincli.core.contract import parse_epoch_line
 from bincli.core.fileio import atomic_write_text
 from bincli.errors import BincliError, DataError
+from bincli.hyperparameters import hyperparameters_from
+from bincli.layout import CACHE_DIR, TUNE_DIR, under
 from bincli.state import State
-from bincli.training import build_command, build_env, hyperparameters_from, run_child
 
 log = logging.getLogger(__name__)
 
-TUNE_DIR = "tune"
 RESULTS_FILE = "tune-results.csv"
 # Optuna's direction for each objective the entry point prints.
 DIRECTIONS = {"valid_loss": "minimize", "valid_acc": "maximize"}
@@ -58,15 +59,11 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def run_tune(cfg: Config, fixed: set[str] | None = None, console=None) -> dict[str, Any]:
+def run_tune(cfg: Config, fixed: set[str], console) -> dict[str, Any]:
     """The whole step. `fixed`: train keys given as flags (not searched). Returns the result
     (also recorded in state as 'tune')."""
     import optuna
 
-    from bincli.console import err
-
-    console = console or err
-    fixed = set(fixed or ())
     workdir = Path(cfg.workdir)
     state = State(workdir)
     split = state.require("split", needed_by="tune")
@@ -77,7 +74,7 @@ def run_tune(cfg: Config, fixed: set[str] | None = None, console=None) -> dict[s
     space = search_space(tune.search_space, fixed)
     train_cfg = cfg.train.model_copy(update={"epochs": tune.epochs, "nproc_per_node": 1})
     hyperparameters_from(train_cfg)  # fail fast on a bad fixed value, before any trial starts
-    tune_dir = (workdir / TUNE_DIR).resolve()
+    tune_dir = under(workdir, TUNE_DIR)
     tune_dir.mkdir(parents=True, exist_ok=True)
 
     fingerprint = _fingerprint(space, train_cfg.model_dump(mode="json"), tune.objective, split)
@@ -106,7 +103,7 @@ def run_tune(cfg: Config, fixed: set[str] | None = None, console=None) -> dict[s
         trial_dir = tune_dir / f"trial-{trial.number:03d}"
         shutil.rmtree(trial_dir, ignore_errors=True)  # a trial always starts fresh
         extra = {"data-root": split["data_root"], "checkpoint-dir": str(trial_dir / "checkpoints"),
-                 "cache-dir": str((workdir / "cache").resolve()), "device": cfg.train.device}
+                 "cache-dir": str(under(workdir, CACHE_DIR)), "device": cfg.train.device}
         env = build_env(split, trial_dir, 1)
         env["OMP_NUM_THREADS"] = str(threads)
         best: list[float] = []

@@ -2,7 +2,7 @@
 
 Every image of the split manifest goes through the same handler functions (input_fn,
 predict_fn, output_fn): over HTTP to the endpoint, `concurrency` requests at a time, or in this
-process (--model / --local), in batches. The answers' class probabilities become the metrics of
+process (--model / --in-process), in batches. The answers' class probabilities become the metrics of
 bincli.core.metrics (accuracy, log-loss, RMSE/MAE of the count, per-class accuracy, confusion
 matrix) next to the majority-class baseline of the training split: the table `bincli train`
 prints. Both paths give the same numbers.
@@ -22,8 +22,9 @@ from typing import Any
 
 from bincli.config import Config
 from bincli.errors import DataError, UsageError
-from bincli.predict import map_concurrently
+from bincli.layout import REPORT_DIR, under
 from bincli.state import State
+from bincli.steps.predict import map_concurrently
 
 PREDICTIONS_FILE = "predictions.csv"
 BATCH_SIZE = 16  # in-process: images per forward pass
@@ -46,7 +47,8 @@ def _samples(split: dict[str, Any], name: str, spec):
 
 
 def _answer_all_remote(predictor, samples, concurrency: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
-    from bincli.predict import PredictError, content_type_for
+    from bincli.backends.runtime import PredictError
+    from bincli.steps.predict import content_type_for
 
     def one(sample) -> dict[str, Any]:
         try:
@@ -61,10 +63,10 @@ def _answer_all_remote(predictor, samples, concurrency: int, tick: Callable[[], 
     return map_concurrently(one, samples, concurrency)
 
 
-def _answer_all_local(predictor, samples, tick: Callable[[], None]) -> list[dict[str, Any]]:
+def _answer_all_in_process(predictor, samples, tick: Callable[[], None]) -> list[dict[str, Any]]:
     """The handler's input_fn per image, predict_fn per batch: what the endpoint runs, batched."""
     from bincli.core import inference
-    from bincli.predict import content_type_for
+    from bincli.steps.predict import content_type_for
 
     answers: list[dict[str, Any] | None] = [None] * len(samples)
     for start in range(0, len(samples), BATCH_SIZE):
@@ -86,26 +88,27 @@ def _answer_all_local(predictor, samples, tick: Callable[[], None]) -> list[dict
 
 
 def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = None, endpoint_url: str | None = None,
-                 model: Path | None = None, local: bool = False,
+                 model: Path | None = None, in_process: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Evaluate the model on one split. `local` uses the trained model (state 'train') in-process."""
+    """Evaluate the model on one split. `in_process` uses the trained model (state 'train') in this process."""
     import numpy as np
 
     from bincli.core.classes import ClassSpec
     from bincli.core.fileio import atomic_write_text
     from bincli.core.metrics import baseline_metrics, compute_metrics
-    from bincli.predict import LocalPredictor, open_predictor
-    from bincli.report import write_report
+    from bincli.steps.predict import InProcessPredictor, open_predictor
+    from bincli.steps.report import write_report
 
     state = State(cfg.workdir)
     split = state.require("split", needed_by="evaluate")
     spec = ClassSpec.parse(split["classes"])
     samples = _samples(split, split_name, spec)
-    if local and model is None:
-        trained = state.require("train", needed_by="evaluate --local")
+    if in_process and model is None:
+        trained = state.require("train", needed_by="evaluate --in-process")
         model = Path(trained["model"])
     if model is not None and (endpoint or endpoint_url):
-        raise UsageError("--model/--local evaluate in-process: do not combine them with --endpoint/--endpoint-url")
+        raise UsageError("--model/--in-process evaluate in this process: "
+                         "do not combine them with --endpoint/--endpoint-url")
 
     done, lock = [0], threading.Lock()
 
@@ -117,12 +120,12 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
 
     predictor = open_predictor(cfg, endpoint, endpoint_url, model)
     try:
-        if isinstance(predictor, LocalPredictor):
+        if isinstance(predictor, InProcessPredictor):
             model_classes = str(predictor.model.classes)
             if model_classes != str(spec):
                 raise DataError(f"model {model} predicts classes {model_classes}, the split has {spec}",
                                 hint="evaluate with the model trained on this split")
-            answers = _answer_all_local(predictor, samples, tick)
+            answers = _answer_all_in_process(predictor, samples, tick)
         else:
             answers = _answer_all_remote(predictor, samples, cfg.predict.concurrency, tick)
     finally:
@@ -146,7 +149,7 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
     report = {**metrics, "split": split_name, "baseline": baseline, "source": predictor.where,
               "failed": len(failed)}
 
-    out_dir = Path(cfg.workdir).resolve() / "report" / f"evaluate-{split_name}"
+    out_dir = under(cfg.workdir, REPORT_DIR, f"evaluate-{split_name}")
     paths = write_report(report, out_dir)
     predictions = out_dir / PREDICTIONS_FILE
     atomic_write_text(predictions, _predictions_csv(samples, answers, spec))

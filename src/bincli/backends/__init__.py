@@ -1,0 +1,108 @@
+"""The backends: what differs between running on this machine and running on SageMaker.
+
+Everything a step needs from "where it runs" goes through one `Backend` (train, tune, deploy,
+teardown, the runtime client predict/evaluate call, the upload target), chosen once by
+`get_backend(cfg)`. This is the only place that asks which backend is configured; the rest of
+bincli asks the backend object, or `backend.require("--update")` for an optional feature, which
+answers every backend the same way: `--update: not available on backend sagemaker (available on: local)`.
+
+    backends/local/      the entry point as a child process, Optuna trials, the endpoint process
+                         and its FastAPI server
+    backends/sagemaker/  boto3/SDK session, training jobs, endpoints, CloudWatch logs
+    backends/runtime.py  the invoke_endpoint client both backends answer predict with
+    backends/records.py  the deploy record in state, read the same way by both teardowns
+
+May import: core, artifacts, data, config, state, errors, console, progress, layout,
+hyperparameters. Never commands or steps; backends/sagemaker never imports backends/local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bincli.errors import UsageError
+
+if TYPE_CHECKING:
+    from bincli.backends.runtime import EndpointPredictor
+    from bincli.config import Config
+
+BACKENDS = ("local", "sagemaker")
+
+# Which backend offers each optional feature: the one table behind every "not available" message.
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "tune": ("local",),                  # SageMaker tuning jobs: issue 11
+    "--no-wait": ("sagemaker",),         # a local run is this process
+    "--foreground": ("local",),          # a SageMaker endpoint runs on AWS
+    "--update": ("local",),              # SageMaker UpdateEndpoint: issue 12
+    "deploy.serverless": (),             # issue 12
+    "deploy.autoscaling": (),            # issue 12
+}
+
+
+def require(backend: str, feature: str) -> None:
+    """UsageError (exit 2) unless `backend` offers `feature` (a key of CAPABILITIES)."""
+    offered = CAPABILITIES[feature]
+    if backend not in offered:
+        raise UsageError(f"{feature}: not available on backend {backend} "
+                         f"(available on: {', '.join(offered) or 'none yet'})")
+
+
+@dataclass
+class TrainingRun:
+    """What a backend's training leaves for the train step to report and package.
+
+    `run_dir` holds model/ and output/ as a SageMaker training job leaves them. `publish`, when
+    set, puts the packaged model.tar.gz where the backend's deploy needs it and returns what to
+    add to the 'train' record. `pending` (with --no-wait) is the result of a job still running."""
+
+    run_dir: Path
+    log_path: Path | None = None
+    publish: Callable[[Path], dict[str, Any]] | None = None
+    pending: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What a backend does; each method is one step's backend-specific part."""
+
+    name: str
+    cfg: Config
+
+    def train(self, hp: Mapping[str, Any], split: Mapping[str, Any], *, from_tune: bool, fresh: bool, wait: bool,
+              console: Any, live: bool | None) -> TrainingRun: ...
+
+    def tune(self, fixed: set[str], console: Any) -> dict[str, Any]: ...
+
+    def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]: ...
+
+    def teardown(self, name: str | None) -> dict[str, Any]: ...
+
+    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor: ...
+
+    def upload(self) -> dict[str, Any]: ...
+
+
+class BaseBackend:
+    """Shared by both backends: the config and the capability check."""
+
+    name = ""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def require(self, feature: str) -> None:
+        require(self.name, feature)
+
+
+def get_backend(cfg: Config) -> Backend:
+    """The backend the config names (`backend: local | sagemaker`)."""
+    if cfg.backend == "sagemaker":
+        from bincli.backends.sagemaker import SageMakerBackend
+
+        return SageMakerBackend(cfg)
+    from bincli.backends.local import LocalBackend
+
+    return LocalBackend(cfg)

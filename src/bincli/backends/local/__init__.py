@@ -1,0 +1,65 @@
+"""Backend local: the disk is the bucket, training and tuning are child processes of this one,
+the endpoint is a FastAPI server in a background process.
+
+    launcher.py  the core entry point as a child process (torchrun for several), SM_* contract
+    tuner.py     Optuna trials of that same process
+    endpoint.py  deploy/teardown: the server process, its record in state, its lifetime
+    server.py    the FastAPI app: SageMaker's container and runtime API over one loaded model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bincli.backends import BaseBackend, TrainingRun
+from bincli.backends.runtime import EndpointPredictor
+
+
+class LocalBackend(BaseBackend):
+    name = "local"
+
+    def train(self, hp: Mapping[str, Any], split: Mapping[str, Any], *, from_tune: bool, fresh: bool, wait: bool,
+              console: Any, live: bool | None) -> TrainingRun:
+        from bincli.backends.local.launcher import train_locally
+
+        run_dir, log_path = train_locally(self.cfg.train, self.cfg.workdir, hp, split, from_tune=from_tune,
+                                          fresh=fresh, console=console, live=live)
+        return TrainingRun(run_dir, log_path)
+
+    def tune(self, fixed: set[str], console: Any) -> dict[str, Any]:
+        from bincli.backends.local.tuner import run_tune
+
+        return run_tune(self.cfg, fixed, console)
+
+    def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]:
+        from bincli.backends.local.endpoint import deploy
+
+        return deploy(self.cfg, model, update=update, foreground=foreground)
+
+    def teardown(self, name: str | None) -> dict[str, Any]:
+        from bincli.backends.local.endpoint import teardown
+
+        return teardown(self.cfg, name)
+
+    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor:
+        from bincli.backends.local.endpoint import running_endpoint
+        from bincli.backends.records import endpoint_to_call
+        from bincli.state import State
+
+        if endpoint_url is None:
+            record = running_endpoint(self.cfg, endpoint)
+            name, url = record["name"], record["url"]
+        else:
+            name, url = endpoint_to_call(State(self.cfg.workdir), endpoint, endpoint_url,
+                                         self.cfg.deploy.name), endpoint_url
+        p = self.cfg.predict
+        return EndpointPredictor(name, url, region=self.cfg.sagemaker.region, timeout=p.timeout,
+                                 concurrency=p.concurrency, signed=False)
+
+    def upload(self) -> dict[str, Any]:
+        from bincli.data.upload import run_upload
+
+        # No s3_uri: the local folders are the channels (nothing moves).
+        return run_upload(self.cfg.upload, self.cfg.workdir, require_s3=False, region=self.cfg.sagemaker.region)

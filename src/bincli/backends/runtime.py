@@ -1,0 +1,85 @@
+"""The runtime client both backends answer predict and evaluate with: boto3's invoke_endpoint.
+
+For the local backend it is pointed at the local server with endpoint_url and sends unsigned
+requests (no AWS account); for backend sagemaker it reaches the real endpoint with boto3's
+credentials. No torch here, so a cold `bincli predict` answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bincli.core.contract import JSON_CONTENT_TYPE
+from bincli.errors import BincliError, StateError
+
+LOCAL_REGION = "us-east-1"  # botocore needs a region to build a client; a local endpoint ignores it
+
+
+class PredictError(Exception):
+    """The endpoint (or in-process handler) refused one image: its HTTP status and message."""
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class EndpointPredictor:
+    """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
+
+    def __init__(self, name: str, url: str | None = None, region: str | None = None, timeout: float = 30.0,
+                 concurrency: int = 8, signed: bool = False):
+        import boto3
+        import botocore
+        from botocore.config import Config as BotoConfig
+
+        self.name, self.url = name, url
+        self.where = f"'{name}'" + (f" at {url}" if url else "")
+        config = BotoConfig(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                            retries={"max_attempts": 2, "mode": "standard"},
+                            max_pool_connections=max(concurrency, 10),
+                            signature_version=None if signed else botocore.UNSIGNED)
+        session = boto3.session.Session()
+        self.client = session.client("sagemaker-runtime", endpoint_url=url, config=config,
+                                     region_name=region or session.region_name or (None if signed else LOCAL_REGION))
+
+    def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+
+        try:
+            resp = self.client.invoke_endpoint(EndpointName=self.name, Body=body, ContentType=content_type,
+                                               Accept=JSON_CONTENT_TYPE)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", "?"), error.get("Message", str(exc))
+            if code == "ModelError":  # the model's container refused the request: per-image error
+                original = exc.response.get("OriginalStatusCode")
+                raise PredictError(int(original) if original else None,
+                                   exc.response.get("OriginalMessage") or message) from None
+            if code == "ValidationError" and "not found" in message.lower():
+                raise StateError(f"no endpoint {self.where}: {message}",
+                                 hint="check the name with 'bincli status', or run 'bincli deploy'") from None
+            raise BincliError(f"endpoint {self.where}: {code}: {message}") from None
+        except ReadTimeoutError:
+            raise PredictError(None, "no answer within the timeout (predict.timeout)") from None
+        except NoCredentialsError:
+            raise BincliError(f"endpoint {self.where}: no AWS credentials",
+                              hint="configure boto3 credentials (AWS_PROFILE, ~/.aws) for backend sagemaker") from None
+        except (ConnectionError, HTTPClientError) as exc:
+            raise BincliError(f"cannot reach endpoint {self.where}: {exc}",
+                              hint="is it running? 'bincli status' shows it; 'bincli deploy' starts it") from None
+        payload = resp["Body"].read()
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise PredictError(None, f"endpoint answered {resp.get('ContentType')}, not JSON") from None
+
+    def close(self) -> None:
+        self.client.close()

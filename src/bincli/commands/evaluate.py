@@ -1,0 +1,74 @@
+"""`bincli evaluate`: a split's metrics through the endpoint (or the model in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bincli.commands.common import (
+    ConfigOpt,
+    EndpointOpt,
+    EndpointUrlOpt,
+    JsonOpt,
+    SetOpt,
+    WorkdirOpt,
+    finish,
+    load,
+)
+from bincli.console import err
+
+
+def evaluate(
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: JsonOpt = False,
+    sets: SetOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Which split manifest: test, valid or train.")] = "test",
+    endpoint: EndpointOpt = None,
+    endpoint_url: EndpointUrlOpt = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Evaluate this model.tar.gz in-process instead of the endpoint.", dir_okay=False,
+        show_default=False)] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Evaluate the trained model in this process "
+                                             "instead of the endpoint.")] = False,
+    local: Annotated[bool, typer.Option("--local", hidden=True, help="Old name of --in-process.")] = False,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", help="Requests in flight to the endpoint (default 8).", show_default=False)] = None,
+) -> None:
+    """Measure the model on a split: through the deployed endpoint, or in-process (--in-process, --model).
+
+    Prints the table 'bincli train' prints (accuracy, log-loss, RMSE, MAE, per class, against the
+    majority-class baseline) and writes <workdir>/report/evaluate-<split>/ (metrics.json,
+    confusion-matrix.png, predictions.csv). Both paths give the same numbers.
+
+    Example: bincli evaluate --split test;  bincli evaluate --in-process
+    """
+    cfg = load(config, workdir, sets, {
+        "predict.endpoint": ("--endpoint", endpoint), "predict.endpoint_url": ("--endpoint-url", endpoint_url),
+        "predict.concurrency": ("--concurrency", concurrency),
+    }).config
+    from bincli.progress import Progress
+    from bincli.steps.evaluate import outcome_error, run_evaluate
+
+    with Progress(f"evaluating the {split} split", unit="images", show_bytes=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.set_total(total)
+            bar.advance(1)
+
+        result = run_evaluate(cfg, split, endpoint=endpoint, endpoint_url=endpoint_url, model=model,
+                              in_process=in_process or local, progress=progress)
+    finish(result, json_out, _render)
+    problem = outcome_error(result)
+    if problem is not None:
+        raise problem
+
+
+def _render(result: dict[str, Any]) -> None:
+    from bincli.steps.report import render_metrics_table
+
+    err.print(render_metrics_table(result["report"], title=f"{result['split']} split through {result['source']}"))
+    err.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)

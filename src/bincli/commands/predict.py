@@ -1,0 +1,77 @@
+"""`bincli predict`: count the items in bin photos through the endpoint (or a model in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bincli.commands.common import ConfigOpt, EndpointOpt, EndpointUrlOpt, SetOpt, WorkdirOpt, load
+from bincli.console import emit_json, err
+
+
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Images (.jpg, .jpeg, .png) and/or folders of them.",
+                                                 show_default=False)],
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout.")] = False,
+    sets: SetOpt = None,
+    endpoint: EndpointOpt = None,
+    endpoint_url: EndpointUrlOpt = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Predict in-process with this model.tar.gz instead of an endpoint.",
+        dir_okay=False, show_default=False)] = None,
+    expected: Annotated[int | None, typer.Option(
+        "--expected", help="Exit 1 if any image's count differs from this (a CI gate).", show_default=False)] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", help="Requests in flight (default 8).", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help="Seconds per request (default 30).", show_default=False)] = None,
+) -> None:
+    """Count the items in bin photos through the deployed endpoint (or --model, in-process).
+
+    Exits 1 if an image fails or, with --expected N, if a count is not N.
+
+    Example: bincli predict bin.jpg more/ --json;  bincli predict bin.jpg --expected 3
+    """
+    cfg = load(config, workdir, sets, {
+        "predict.endpoint": ("--endpoint", endpoint), "predict.endpoint_url": ("--endpoint-url", endpoint_url),
+        "predict.concurrency": ("--concurrency", concurrency), "predict.timeout": ("--timeout", timeout),
+    }).config
+    from bincli.steps.predict import outcome_error, run_predict
+
+    result = run_predict(cfg, images, endpoint=endpoint, endpoint_url=endpoint_url, model=model, expected=expected)
+    if json_out:
+        for row in result["results"]:
+            emit_json(row)
+    else:
+        _render(result)
+    problem = outcome_error(result)
+    if problem is not None:
+        raise problem
+
+
+def _render(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rows = result["results"]
+    if len(rows) == 1:
+        r = rows[0]
+        if "error" in r:
+            err.print(f"{r['image']}: error {r['status'] or ''} {r['error']}", markup=False, soft_wrap=True)
+        else:
+            err.print(f"{r['image']}: count {r['label']} (confidence {r['confidence']:.2f})", markup=False,
+                      soft_wrap=True)
+        return
+    table = Table(title=f"predictions from {result['source']}")
+    for col, justify in (("image", "left"), ("count", "right"), ("confidence", "right"), ("ms", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["image"], "error", f"{r['status'] or ''} {r['error']}", "")
+        else:
+            table.add_row(r["image"], r["label"], f"{r['confidence']:.2f}", f"{r['ms']:.0f}")
+    err.print(table)
+    err.print(f"{result['n']} image(s), {result['failed']} failed", markup=False, soft_wrap=True)

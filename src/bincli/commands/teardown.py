@@ -1,0 +1,37 @@
+"""`bincli teardown`: delete what `bincli deploy` made, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.console import err
+
+
+def teardown(
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: JsonOpt = False,
+    sets: SetOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only if the deployed endpoint has this name.",
+                                             show_default=False)] = None,
+) -> None:
+    """Stop the endpoint 'bincli deploy' started and forget it. Safe to run twice.
+
+    Only the process deploy started is stopped (same pid, start time and command line); with
+    backend sagemaker, only the endpoint, endpoint config and model deploy created are deleted.
+
+    Example: bincli teardown
+    """
+    cfg = load(config, workdir, sets).config
+    from bincli.backends import get_backend
+
+    finish(get_backend(cfg).teardown(name), json_out, _render)
+
+
+def _render(result: dict[str, Any]) -> None:
+    err.print(result["message"], markup=False, soft_wrap=True)
+    for item in result["removed"]:
+        err.print(f"  removed {item}", markup=False, soft_wrap=True)

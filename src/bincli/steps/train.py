@@ -1,0 +1,109 @@
+"""The `train` step, shared by both backends: hyperparameters in, report and model.tar.gz out.
+
+The step checks the split, turns the train config (or tune's best trial) into the entry point's
+hyperparameters, hands them to the backend (a child process here, a SageMaker training job
+there), then writes `<workdir>/report/`, packages `<workdir>/model/model.tar.gz` and records
+state "train" from the run folder the backend leaves (model/ and output/, as a training job does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bincli.backends import get_backend
+from bincli.config import Config, TrainConfig
+from bincli.core.contract import METRICS_FILE
+from bincli.errors import BincliError, DataError, StateError
+from bincli.hyperparameters import hyperparameters_from
+from bincli.layout import MODEL_DIR, MODEL_TAR, REPORT_DIR, under
+from bincli.state import State
+
+
+def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait: bool = True,
+              console=None, live: bool | None = None) -> dict[str, Any]:
+    """The whole step. Returns the result (also recorded in state as 'train')."""
+    from bincli.console import err
+
+    backend = get_backend(cfg)
+    if not wait:
+        backend.require("--no-wait")
+    workdir = Path(cfg.workdir)
+    state = State(workdir)
+    split = state.require("split", needed_by="train")
+    for key in ("manifests_dir", "data_root", "classes"):
+        if key not in split:
+            raise StateError(f"{state.path}: the 'split' record has no {key!r}", hint="run 'bincli split' again")
+    if not (Path(split["manifests_dir"]) / "train.csv").is_file():
+        raise DataError(f"{split['manifests_dir']}/train.csv is missing", hint="run 'bincli split' again")
+    hp = hyperparameters_from(cfg.train, tuned_hyperparameters(state) if from_tune else None)
+    hp["classes"] = split["classes"]
+    run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err, live=live)
+    if run.pending is not None:
+        return {**run.pending, "waiting": False}
+    return {**finish_training(state, cfg.train, hp, run.run_dir, workdir, split, publish=run.publish,
+                              log_path=run.log_path), **run.extra}
+
+
+def tuned_hyperparameters(state: State) -> dict[str, Any]:
+    outputs = state.require("tune", needed_by="train --from-tune")
+    best = outputs.get("best_hyperparameters")
+    if not isinstance(best, dict) or not best:
+        raise StateError(f"{state.path}: the 'tune' record has no best hyperparameters",
+                         hint="run 'bincli tune' again, or train without --from-tune")
+    return best
+
+
+def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_dir: Path, workdir: Path,
+                    split: Mapping[str, Any], publish: Callable[[Path], dict[str, Any]] | None = None,
+                    log_path: Path | None = None) -> dict[str, Any]:
+    """From a finished run dir (model/ and output/ as a training job leaves them): the report, the
+    packaged model.tar.gz and the 'train' state record. Shared by both backends; `publish` (the
+    sagemaker backend) puts the packaged model where deploy needs it and returns outputs to record."""
+    from bincli.artifacts.bundle import package_model
+    from bincli.core.metrics import summary
+    from bincli.steps.report import write_report
+
+    metrics_path = run_dir / "output" / METRICS_FILE
+    if not metrics_path.is_file():
+        raise BincliError(f"training finished but wrote no {metrics_path}",
+                          hint=f"see {log_path}" if log_path else None)
+    job = json.loads(metrics_path.read_text())
+    on = "test" if "test" in job else ("valid" if "valid" in job else None)
+    if on is None:
+        raise DataError("the split has neither a test nor a valid set to evaluate the model on",
+                        hint="split again with a test share, e.g. --ratios 0.8 0.1 0.1")
+    report = {
+        **job[on], "split": on, "baseline": job.get("baseline"), "history": job.get("history", []),
+        "valid": summary(job["valid"]) if "valid" in job and on != "valid" else None,
+        "arch": job["arch"], "classes": job["classes"], "best_epoch": job["best_epoch"],
+        "epochs_run": job["epochs_run"], "stop_reason": job.get("stop_reason"),
+        "hyperparameters": job.get("hyperparameters"),
+    }
+    report_dir = under(workdir, REPORT_DIR)
+    paths = write_report(report, report_dir)
+    tar = package_model(run_dir / "model", under(workdir, MODEL_DIR, MODEL_TAR))
+    outputs = {
+        "model": str(Path(tar).resolve()),
+        "model_dir": str(run_dir / "model"),
+        "report_dir": str(report_dir),
+        "metrics": paths["metrics"],
+        "split": on,
+        **{k: report[k] for k in ("accuracy", "log_loss", "rmse", "mae")},
+        "baseline_accuracy": (report["baseline"] or {}).get("accuracy"),
+        "best_epoch": job["best_epoch"],
+        "epochs_run": job["epochs_run"],
+        "stop_reason": job.get("stop_reason"),
+        "classes": job["classes"],
+        "image_size": hp["image-size"],
+        "hyperparameters": dict(hp),
+        "checkpoint_dir": str(run_dir / "checkpoints"),
+        "log": str(log_path) if log_path else None,
+        "figures": {k: v for k, v in paths.items() if k != "metrics"},
+    }
+    if publish is not None:
+        outputs.update(publish(Path(tar)))
+    state.record("train", outputs, cfg.model_dump(mode="json"))
+    return {**outputs, "report": report}
