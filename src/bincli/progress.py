@@ -53,8 +53,11 @@ class Progress:
 
     def __init__(self, description: str, total: int | None = None, unit: str = "files",
                  interval: float = 10.0, show_bytes: bool = True, enabled: bool | None = None,
-                 tty: bool | None = None):
+                 tty: bool | None = None, console: Any = None, transient: bool = False):
         self.description = description
+        self.console = console or err
+        self.transient = transient
+        self.note = ""
         self.total = total
         self.unit = unit
         self.interval = interval
@@ -64,7 +67,7 @@ class Progress:
         self.nbytes = 0
         self._lock = threading.Lock()
         self._enabled = (not is_quiet()) if enabled is None else enabled
-        self._tty = err.is_terminal if tty is None else tty
+        self._tty = self.console.is_terminal if tty is None else tty
         self._start = time.monotonic()
         self._stop = threading.Event()
         self._rich: Any = None
@@ -77,9 +80,10 @@ class Progress:
         if not self._enabled:
             return self
         if self._tty:
-            self._rich = _rich_progress(self.show_bytes)
+            self._rich = _rich_progress(self.show_bytes, self.console, self.transient)
             self._rich.start()
-            self._task = self._rich.add_task(self.description, total=self.total, nbytes=0, failed=0, unit=self.unit)
+            self._task = self._rich.add_task(self.description, total=self.total, nbytes=0, failed=0, unit=self.unit,
+                                             note="")
         else:
             self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
             self._ticker.start()
@@ -109,6 +113,20 @@ class Progress:
             self.nbytes += nbytes
         if self._rich is not None:
             self._refresh()
+
+    def set_done(self, done: int, note: str | None = None) -> None:
+        """The count so far (for loops that report a position, not increments), and a short note
+        shown after the figures (e.g. a running loss)."""
+        with self._lock:
+            self.done = done
+            if note is not None:
+                self.note = note
+        if self._rich is not None:
+            self._refresh()
+
+    def renderable(self) -> Any:
+        """The live bar as a rich renderable (None when not drawing one)."""
+        return self._rich.get_renderable() if self._rich is not None else None
 
     def add_bytes(self, nbytes: int) -> None:
         self.advance(0, nbytes)
@@ -151,14 +169,14 @@ class Progress:
 
     # ------------------------------------------------------------ internals
     def _refresh(self) -> None:
-        self._rich.update(self._task, completed=self.done, nbytes=self.nbytes, failed=self.failed)
+        self._rich.update(self._task, completed=self.done, nbytes=self.nbytes, failed=self.failed, note=self.note)
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
             log.info(self.line())
 
 
-def _rich_progress(show_bytes: bool) -> Any:
+def _rich_progress(show_bytes: bool, console: Any, transient: bool) -> Any:
     from rich.progress import BarColumn, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.progress import Progress as RichProgress
     from rich.table import Column
@@ -179,12 +197,14 @@ def _rich_progress(show_bytes: bool) -> Any:
             text = Text(" ".join(p for p in parts if p), style="progress.download")
             if task.fields.get("failed"):
                 text.append(f"  {task.fields['failed']} failed", style="red")
+            if task.fields.get("note"):
+                text.append(f"  {task.fields['note']}")
             return text
 
     # The bar takes what the other columns leave of the terminal's width; the figures never wrap.
     return RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=None, table_column=Column(ratio=1)),
                         StatsColumn(table_column=Column(no_wrap=True)),
-                        TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
+                        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=transient,
                         refresh_per_second=4, expand=True)
 
 
@@ -200,29 +220,23 @@ class TrainProgress:
         self.hints: list[str] = []
         self.tail: deque[str] = deque(maxlen=5)  # last log lines, for a crash without an error line
         self.interrupted: tuple[int, int] | None = None
-        self._progress = None
-        self._task = None
-        self._task_epoch = None
+        self._bar: Progress | None = None  # the running epoch's bar (live only)
+        self._bar_epoch: int | None = None
 
     def __enter__(self) -> TrainProgress:
-        if self.live and not self.console.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[img_s]:>6.1f} img/s  loss {task.fields[loss]:.4f}  "
-                           "acc {task.fields[acc]:.3f}"),
-                TimeRemainingColumn(), console=self.console, transient=False)
-            self._progress.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        self._close_bar()
 
     def bar(self):
-        """The live bar as a renderable (None when not live)."""
-        return self._progress.get_renderable() if self._progress is not None else None
+        """The running epoch's bar as a renderable (None when not live)."""
+        return self._bar.renderable() if self._bar is not None else None
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()  # transient: the epoch's summary line takes its place
+            self._bar = None
 
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(text, markup=False, highlight=False, style=style, soft_wrap=True)
@@ -233,15 +247,13 @@ class TrainProgress:
             return
         prog = parse_progress_line(text)
         if prog is not None:
-            if self._progress is not None:
+            if self.live and not self.console.quiet:
                 self._update_bar(prog)
             return
         row = parse_epoch_line(text)
         if row is not None:
             self.epoch_rows.append(row)
-            if self._progress is not None and self._task is not None:
-                self._progress.remove_task(self._task)  # the summary line replaces the finished bar
-                self._task = self._task_epoch = None
+            self._close_bar()
             self._print(self.epoch_summary(row, self.epochs))
             return
         text = _LOG_PREFIX.sub("", text)
@@ -255,12 +267,16 @@ class TrainProgress:
         self._print(text, style="dim" if " INFO " in f" {text} " else None)
 
     def _update_bar(self, prog: dict[str, float]) -> None:
-        fields = {"epoch": int(prog["epoch"]), "epochs": self.epochs, "img_s": prog["img_s"],
-                  "loss": prog["loss"], "acc": prog["acc"]}
-        if self._task_epoch != prog["epoch"]:
-            self._task = self._progress.add_task("train", total=int(prog["steps"]), **fields)
-            self._task_epoch = prog["epoch"]
-        self._progress.update(self._task, completed=int(prog["step"]), total=int(prog["steps"]), **fields)
+        epoch = int(prog["epoch"])
+        if self._bar_epoch != epoch:
+            self._close_bar()
+            self._bar = Progress(f"epoch {epoch}/{self.epochs}", total=int(prog["steps"]), unit="steps",
+                                 show_bytes=False, enabled=True, tty=True, console=self.console, transient=True)
+            self._bar.__enter__()
+            self._bar_epoch = epoch
+        self._bar.set_total(int(prog["steps"]))
+        self._bar.set_done(int(prog["step"]), note=f"{prog['img_s']:.1f} img/s  loss {prog['loss']:.4f}  "
+                                                    f"acc {prog['acc']:.3f}")
 
     @staticmethod
     def epoch_summary(row: Mapping[str, float], epochs: int) -> str:

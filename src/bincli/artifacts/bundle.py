@@ -14,7 +14,7 @@ from pathlib import Path
 from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT, MODEL_INFO_FILE, TRAIN_SCRIPT, WEIGHTS_FILE
 from bincli.core.fileio import atomic_write_bytes
 
-CORE_DIR = Path(__file__).parent / "core"
+CORE_DIR = Path(__file__).parents[1] / "core"  # src/bincli/core
 
 ENTRY_SCRIPTS = {
     TRAIN_SCRIPT: (

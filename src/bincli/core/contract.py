@@ -14,6 +14,9 @@ CODE_DIR = "code"                    # code/inference.py + the core package it i
 INFERENCE_SCRIPT = "inference.py"
 TRAIN_SCRIPT = "train.py"
 
+# ---- the split names, which are also the channel names a training job gets (in this order)
+SPLITS = ("train", "valid", "test")
+
 # ---- files the training entry point writes
 CHECKPOINT_LAST = "last.pt"          # checkpoint dir: the latest state (resume from here)
 CHECKPOINT_BEST = "best.pt"          # checkpoint dir: the state with the best valid loss

@@ -87,6 +87,21 @@ def _answer_all_in_process(predictor, samples, tick: Callable[[], None]) -> list
     return answers  # type: ignore[return-value]
 
 
+def _check_model_did_not_see(state: State, split: dict[str, Any], split_name: str, samples, model: Path | None,
+                             endpoint_url: str | None) -> None:
+    """Refuse to score a model on photos it was trained on: the model named, else the deployed one,
+    else the trained one. An endpoint of another workspace (--endpoint-url) cannot be checked."""
+    from bincli.artifacts.modeltar import read_model_info
+    from bincli.steps.leakage import check_not_trained_on
+
+    if model is None and endpoint_url is None:
+        deployed, trained = state.outputs("deploy") or {}, state.outputs("train") or {}
+        model = deployed.get("model") or trained.get("model")
+    if model is None or not Path(model).is_file():
+        return
+    check_not_trained_on(read_model_info(Path(model)), (s.id for s in samples), split_name, str(model))
+
+
 def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = None, endpoint_url: str | None = None,
                  model: Path | None = None, in_process: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -106,6 +121,7 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
     if in_process and model is None:
         trained = state.require("train", needed_by="evaluate --in-process")
         model = Path(trained["model"])
+    _check_model_did_not_see(state, split, split_name, samples, model, endpoint_url)
     if model is not None and (endpoint or endpoint_url):
         raise UsageError("--model/--in-process evaluate in this process: "
                          "do not combine them with --endpoint/--endpoint-url")

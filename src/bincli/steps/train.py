@@ -20,6 +20,7 @@ from bincli.errors import BincliError, DataError, StateError
 from bincli.hyperparameters import hyperparameters_from
 from bincli.layout import MODEL_DIR, MODEL_TAR, REPORT_DIR, under
 from bincli.state import State
+from bincli.steps.leakage import check_split_is_disjoint, record_training_split
 
 
 def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait: bool = True,
@@ -38,6 +39,11 @@ def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait
             raise StateError(f"{state.path}: the 'split' record has no {key!r}", hint="run 'bincli split' again")
     if not (Path(split["manifests_dir"]) / "train.csv").is_file():
         raise DataError(f"{split['manifests_dir']}/train.csv is missing", hint="run 'bincli split' again")
+    if not int(split.get("test") or 0) and not int(split.get("valid") or 0):
+        # Found out before the epochs, not after: the report needs a held-out set.
+        raise DataError("the split has neither a test nor a valid set to evaluate the model on",
+                        hint="split again with a test share, e.g. --ratios 0.8 0.1 0.1")
+    check_split_is_disjoint(split)
     hp = hyperparameters_from(cfg.train, tuned_hyperparameters(state) if from_tune else None)
     hp["classes"] = split["classes"]
     run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err, live=live)
@@ -84,6 +90,7 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
     }
     report_dir = under(workdir, REPORT_DIR)
     paths = write_report(report, report_dir)
+    trained_on = record_training_split(run_dir / "model", split)
     tar = package_model(run_dir / "model", under(workdir, MODEL_DIR, MODEL_TAR))
     outputs = {
         "model": str(Path(tar).resolve()),
@@ -97,6 +104,7 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
         "epochs_run": job["epochs_run"],
         "stop_reason": job.get("stop_reason"),
         "classes": job["classes"],
+        "train_split_fingerprint": trained_on,
         "image_size": hp["image-size"],
         "hyperparameters": dict(hp),
         "checkpoint_dir": str(run_dir / "checkpoints"),
