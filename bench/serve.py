@@ -142,7 +142,7 @@ def one_client(url: str, bodies: list[bytes], n: int) -> tuple[list[float], floa
 
 
 def boto3_client(name: str, url: str, bodies: list[bytes], n: int) -> list[float]:
-    from bincli.steps.predict import EndpointPredictor
+    from bincli.backends.runtime import EndpointPredictor
 
     p = EndpointPredictor(name, url)
     p.invoke(bodies[0], "image/jpeg")

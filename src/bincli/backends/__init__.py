@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from bincli.backends.runtime import EndpointPredictor
     from bincli.config import Config
 
-BACKENDS = ("local", "sagemaker")
-
 # Which backend offers each optional feature: the one table behind every "not available" message.
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "tune": ("local",),                  # SageMaker tuning jobs: issue 11
