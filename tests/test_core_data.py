@@ -13,7 +13,7 @@ from PIL import Image
 from bincli.core.classes import ClassSpec
 from bincli.core.data import (
     CountDataset,
-    DataError,
+    InputDataError,
     ShardSampler,
     TrainSampler,
     build_loader,
@@ -52,10 +52,10 @@ def test_manifest_keeps_string_ids_and_maps_counts_to_class_indices(tmp_path):
 
 def test_manifest_errors_name_file_and_line(tmp_path):
     bad_header = _write_csv(tmp_path / "a.csv", "id,file,label\n1,x.jpg,1\n")
-    with pytest.raises(DataError, match=r"a\.csv: expected the header id,path,count"):
+    with pytest.raises(InputDataError, match=r"a\.csv: expected the header id,path,count"):
         read_manifest(bad_header, SPEC)
     outside = _write_csv(tmp_path / "b.csv", "id,path,count\n1,x.jpg,1\n2,y.jpg,9\n")
-    with pytest.raises(DataError, match=r"b\.csv:3: count '9' is not in classes 0-5"):
+    with pytest.raises(InputDataError, match=r"b\.csv:3: count '9' is not in classes 0-5"):
         read_manifest(outside, SPEC)
 
 
@@ -67,12 +67,12 @@ def test_channel_manifest_names_and_fallbacks(tmp_path, split):
     assert find_manifest(ch, "train") == ch / "manifest.csv"
     _write_csv(ch / "train.csv", "id,path,count\n")
     assert find_manifest(ch, "train") == ch / "train.csv"
-    with pytest.raises(DataError, match="train channel: no images"):
+    with pytest.raises(InputDataError, match="train channel: no images"):
         load_channel(ch, "train", SPEC)
     # the split's manifests resolve against the data root
     samples = load_channel(split["manifests_dir"], "valid", SPEC, split["data_root"])
     assert len(samples) == 12 and all(s.path.is_file() for s in samples)
-    with pytest.raises(DataError, match=r"valid channel: 12 image\(s\) missing.*check --data-root"):
+    with pytest.raises(InputDataError, match=r"valid channel: 12 image\(s\) missing.*check --data-root"):
         load_channel(split["manifests_dir"], "valid", SPEC)  # without the root the paths do not exist
 
 
@@ -103,7 +103,7 @@ def test_decode_jpeg_matches_pil_and_handles_png_and_garbage(tmp_path):
     img.convert("L").save(gray, format="JPEG")
     assert decode(gray.getvalue()).shape == (3, 64, 64)  # always RGB
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(DataError, match=r"bad\.jpg: cannot read image"):
+    with pytest.raises(InputDataError, match=r"bad\.jpg: cannot read image"):
         read_image(tmp_path / "bad.jpg")
 
 

@@ -19,7 +19,7 @@ from bincli.core.engine import (
     save_checkpoint,
 )
 from bincli.core.model import build_model
-from bincli.core.train import Interrupted, get_args_parser, run
+from bincli.core.train import RunInterrupted, get_args_parser, run
 from train_blobs import make_split
 
 
@@ -99,7 +99,7 @@ def test_resume_after_epoch_1_continues_at_epoch_2_as_if_never_stopped(tmp_path,
         if epoch == 1:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; the loop stops after this epoch's checkpoint
 
-    with pytest.raises(Interrupted) as stopped:
+    with pytest.raises(RunInterrupted) as stopped:
         run(train_args(tiny, tmp_path / "cut", "--epochs", "2", cache_dir=cache), on_epoch_end=ctrl_c_after_epoch_1)
     assert (stopped.value.epoch, stopped.value.sample, stopped.value.signum) == (2, 0, signal.SIGINT)
     ckpt = load_checkpoint(tmp_path / "cut" / "ckpt" / "last.pt")
@@ -141,6 +141,26 @@ def test_finished_run_has_nothing_to_resume_and_changed_settings_are_refused(tmp
         run(train_args(tiny, tmp_path, "--epochs", "1", "--lr", "0.01"))
     more = run(train_args(tiny, tmp_path, "--epochs", "2", "--workers", "1"), on_epoch_end=lambda e, r: seen.append(e))
     assert seen == [2] and more["epochs_run"] == 2  # epochs (and workers) may change: the run is extended
+
+
+def test_a_run_sweeps_the_temp_files_a_killed_run_left(tmp_path, tiny):
+    """SIGKILL mid-write leaves `.last.pt.<random>.tmp` (atomic_write_bytes' temp) for good: the
+    next run removes such leftovers of its own files when it starts; other files stay."""
+    leftovers = [tmp_path / "ckpt" / ".last.pt.k9x_2abc.tmp", tmp_path / "ckpt" / ".best.pt.q1w2e3r4.tmp",
+                 tmp_path / "model" / ".model.pth.a1b2c3d4.tmp", tmp_path / "output" / ".metrics.json.zz99yy88.tmp"]
+    others = [tmp_path / "ckpt" / "notes.tmp", tmp_path / "ckpt" / ".other.pt.a1b2c3d4.tmp",
+              tmp_path / "output" / "history.jsonl.tmp"]
+    for path in leftovers + others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    during_epoch_1 = []
+    run(train_args(tiny, tmp_path, "--epochs", "1"),
+        on_epoch_end=lambda epoch, row: during_epoch_1.extend(p for p in leftovers if p.exists()))
+    assert during_epoch_1 == []  # gone when the run started, not only at its end
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.read_bytes() == b"half a checkpoint" for p in others)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        ".other.pt.a1b2c3d4.tmp", "best.pt", "last.pt", "notes.tmp"]
 
 
 # ---------------------------------------------------------------- it learns

@@ -136,7 +136,8 @@ def test_sagemaker_train_needs_a_role(uploaded, in_tmp):
 
 def test_no_wait_is_for_the_sagemaker_backend_only(in_tmp):
     result = runner.invoke(app, ["train", "--no-wait"])
-    assert result.exit_code == 2 and "--no-wait: not available on backend local (available on: sagemaker)" in result.output
+    assert result.exit_code == 2
+    assert "--no-wait: not available on backend local (available on: sagemaker)" in result.output
 
 
 def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(uploaded, in_tmp):

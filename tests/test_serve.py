@@ -183,6 +183,13 @@ def test_server_process_refuses_a_taken_port(tmp_path):
     assert f"error: cannot listen on 127.0.0.1:{port}: " in proc.stderr
 
 
+def test_server_process_refuses_bad_settings_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bincli.backends.local.server", "--model", str(tmp_path / "m.tar.gz"),
+                           "--max-connections", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --max-connections 0: Input should be greater than or equal to 1\n"
+
+
 def test_connections_send_without_nagle_delay(server, http):
     # asyncio turns on TCP_NODELAY only for sockets it sees as TCP: without it, a keep-alive client waits
     # ~40 ms per request (Nagle holding the response's second write until the client's delayed ACK).

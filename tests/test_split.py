@@ -106,7 +106,7 @@ def test_corrupt_truncated_non_jpeg_and_duplicates_are_reported(data, tmp_path):
     assert reasons["00011"] == "not an image"
     assert reasons["00012"] == "not a JPEG (PNG)"
     assert reasons["00099"] == "duplicate of 00004"
-    assert reasons["00013"].startswith("unreadable metadata")
+    assert reasons["00013"].startswith("metadata is not valid JSON")
     assert reasons["00500"] == "image without metadata"
     assert reasons["00501"] == "metadata without image"
     listed = {r["id"] for s in ("train", "valid", "test") for r in _rows(out["manifests"][s])}

@@ -9,9 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bincli.backends.local.tuner import search_space
+from bincli.backends.local.tuner import _Objective, search_space
 from bincli.cli import app
-from bincli.config import Config, SplitConfig
+from bincli.config import Config, SplitConfig, TrainConfig, TuneConfig
+from bincli.core.contract import format_epoch_line
 from bincli.data.split import run_split
 from bincli.errors import DataError
 from bincli.state import State
@@ -39,6 +40,51 @@ def test_flags_given_are_fixed_and_taken_out_of_the_search():
     space = search_space(Config().tune.search_space, fixed={"lr"})
     assert set(space) == {"weight_decay", "batch_size"}
     assert space["batch_size"] == [16, 32, 64]
+
+
+def _objective(tmp_path, objective="valid_loss"):
+    split = {"classes": "1-3", "data_root": str(tmp_path / "data"), "manifests_dir": str(tmp_path / "m"),
+             "train": 6, "valid": 2}
+    train_cfg = TrainConfig(lr=0.005, epochs=1, device="cpu")
+    tune = TuneConfig(max_parallel=2, epochs=1, objective=objective)
+    return _Objective(None, tune, {}, train_cfg, split, tmp_path / "tune", tmp_path, console=None)
+
+
+def test_a_trial_runs_the_entry_point_with_its_params_over_the_fixed_ones(tmp_path):
+    objective = _objective(tmp_path)
+    trial_dir = tmp_path / "tune" / "trial-004"
+    cmd = objective.command({"batch_size": 16, "weight_decay": 0.002}, trial_dir)
+    args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert cmd[1:3] == ["-m", "bincli.core.train"]
+    assert {k: args[k] for k in ("--batch-size", "--weight-decay", "--lr", "--epochs", "--classes", "--device")} == {
+        "--batch-size": "16", "--weight-decay": "0.002", "--lr": "0.005", "--epochs": "1", "--classes": "1-3",
+        "--device": "cpu"}
+    assert args["--checkpoint-dir"] == str(trial_dir / "checkpoints") and args["--data-root"] == str(tmp_path / "data")
+    env = objective.env(trial_dir)
+    assert env["SM_MODEL_DIR"] == str(trial_dir / "model") and int(env["OMP_NUM_THREADS"]) >= 1
+
+
+def test_a_trial_reports_each_epoch_and_stops_when_pruned(tmp_path):
+    import optuna
+
+    class Trial:
+        def __init__(self):
+            self.reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) == 2
+
+    best: list[float] = []
+    trial = Trial()
+    on_line = _objective(tmp_path, "valid_acc")._reader(trial, best)
+    on_line("loading 12 images")  # not an epoch line: ignored
+    on_line(format_epoch_line(1, {"train_loss": 1.0, "valid_loss": 0.9, "valid_acc": 0.4}))
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 2"):
+        on_line(format_epoch_line(2, {"train_loss": 0.8, "valid_loss": 0.7, "valid_acc": 0.5}))
+    assert best == [0.4, 0.5] and trial.reported == [(1, 0.4), (2, 0.5)]
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ is imported here or in the command modules at import time, so `bincli --help` st
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Annotated
@@ -16,11 +15,12 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from bincli import __version__
+from bincli import __version__, lock
 from bincli.commands import config as config_cmd
 from bincli.commands import deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
 from bincli.console import err, set_quiet
 from bincli.errors import BincliError, ConfigError
+from bincli.logsafe import redact, setup_logging
 
 
 class _ErrorFunnel(TyperGroup):
@@ -45,12 +45,13 @@ class _ErrorFunnel(TyperGroup):
 
 def report_error(exc: BincliError) -> None:
     # Plain write, no rich markup: messages hold paths and values with brackets.
-    sys.stderr.write(f"error: {exc.message}\n")
+    # Redacted: an AWS error message may echo a key id or a signed URL.
+    sys.stderr.write(redact(f"error: {exc.message}\n"))
     if isinstance(exc, ConfigError):
         for line in exc.lines if len(exc.lines) > 1 else []:
-            sys.stderr.write(f"  - {line}\n")
+            sys.stderr.write(redact(f"  - {line}\n"))
     if exc.hint:
-        sys.stderr.write(f"hint: {exc.hint}\n")
+        sys.stderr.write(redact(f"hint: {exc.hint}\n"))
 
 
 app = typer.Typer(
@@ -76,21 +77,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logging (AWS libraries stay at INFO; credentials are redacted).")] = False,
 ) -> None:
     set_quiet(quiet)
-    # Third-party libraries log at WARNING; bincli's own loggers at INFO (DEBUG with -v).
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("bincli").setLevel(
-        logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO))
-    # The SageMaker SDK sets sagemaker.config to INFO unless the application chose a level
-    # ("applied value from config key ..." on every call): choose one.
-    for name in ("sagemaker", "sagemaker.config"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    setup_logging(verbose=verbose, quiet=quiet)
+    # The command's name, for its workdir lock (commands/common.load); released when it ends.
+    lock.begin_command(ctx.invoked_subcommand)
+    ctx.call_on_close(lock.end_command)
 
 
 # The pipeline, in the order it runs.

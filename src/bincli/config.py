@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,11 +28,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from bincli.core.classes import ClassSpec
+from bincli.core.hyperparams import CONFIG_PARAMS, Param
+from bincli.data import abid
 from bincli.errors import ConfigError
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -68,7 +72,6 @@ Classes = Annotated[str, AfterValidator(_check_classes)]
 S3Uri = Annotated[str, AfterValidator(_check_s3_uri)]
 Url = Annotated[str, AfterValidator(_check_url)]
 ResourceName = Annotated[str, AfterValidator(_check_name)]
-Arch = Literal["resnet18", "resnet34", "resnet50"]
 
 
 class Section(BaseModel):
@@ -85,7 +88,7 @@ def _check_ids(value: Any) -> Any:
 
 
 class DownloadConfig(Section):
-    bucket: str = "aft-vbi-pds"
+    bucket: str = abid.BUCKET
     endpoint_url: Url | None = None
     file_list: Path | None = None
     ids_file: Path | None = None
@@ -95,6 +98,7 @@ class DownloadConfig(Section):
     seed: int = 0
     workers: int = Field(32, ge=1, le=512)
     retries: int = Field(5, ge=0, le=20)
+    max_object_mb: int = Field(32, ge=1, le=4096)
     strict: bool = False
 
 
@@ -125,26 +129,19 @@ class UploadConfig(Section):
     workers: int = Field(16, ge=1, le=256)
 
 
-class TrainConfig(Section):
-    model: Arch = "resnet18"
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(1e-3, gt=0, lt=10)
-    image_size: int = Field(224, ge=32, le=1024)
-    pretrained: bool = False
-    weights_file: Path | None = None
-    freeze: Literal["none", "backbone", "layer1", "layer2", "layer3", "layer4"] = "none"
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    scheduler: Literal["cosine", "step", "none"] = "cosine"
-    warmup_epochs: int = Field(1, ge=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    patience: int = Field(0, ge=0)
-    workers: int = Field(2, ge=0, le=64)
-    nproc_per_node: int = Field(1, ge=1, le=64)
-    seed: int = 0
-    cache: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+def _train_field(p: Param) -> tuple[Any, Any]:
+    annotation: Any = Literal[p.choices] if p.choices else p.type
+    if p.optional:
+        annotation = annotation | None
+    return annotation, Field(p.default, description=p.describe(), **p.bounds)
+
+
+# The train section's fields come from the one declaration of the hyperparameters (core/hyperparams.py).
+TrainConfig = create_model(
+    "TrainConfig", __base__=Section, __module__=__name__,
+    __doc__="The train section: every training hyperparameter and launch key of core/hyperparams.py.",
+    **{p.name: _train_field(p) for p in CONFIG_PARAMS},
+)
 
 
 class FloatRange(Section):
@@ -189,6 +186,10 @@ class DeployConfig(Section):
     model: Path | None = None
     threads: int = Field(4, ge=1, le=64)
     startup_timeout: float = Field(120.0, gt=0)
+    # Against clients that hold connections without using them (the local endpoint's server).
+    body_timeout: float = Field(30.0, gt=0, le=3600)
+    keep_alive_timeout: float = Field(5.0, gt=0, le=3600)
+    max_connections: int = Field(64, ge=1, le=10_000)
 
 
 class PredictConfig(Section):
@@ -283,14 +284,22 @@ def load_config(
         raw = _read_yaml(cfg_path)
         for key in _leaf_keys(raw):
             sources[key] = str(cfg_path)
-    for key, (value, var) in _env_overrides(env).items():
-        _set_dotted(raw, key, value)
-        sources[key] = f"env {var}"
+    layered = [(key, value, f"env {var}") for key, (value, var) in _env_overrides(env).items()]
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        _set_dotted(raw, key, value.flag_value if isinstance(value, FlagValue) else value)
-        sources[key] = f"flag {value.flag}" if isinstance(value, FlagValue) else "flag"
+        if value is not None:
+            flag = f"flag {value.flag}" if isinstance(value, FlagValue) else "flag"
+            layered.append((key, value.flag_value if isinstance(value, FlagValue) else value, flag))
+    # A bad key or value from env/flags is blamed on its variable or flag, before anything merges.
+    problems = [f"{source.removeprefix('flag ')}: {_show_key(key)}: {why}" for key, value, source in layered
+                if (why := _check_key(key) or _check_tree(value))]
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else f"{len(problems)} problems in the config", problems)
+    for key, value, source in layered:
+        _set_dotted(raw, key, value)
+        # What was below this key (from the file, say) is replaced: errors there are this source's.
+        for below in [k for k in sources if k.startswith(key + ".")]:
+            del sources[below]
+        sources[key] = source
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -322,18 +331,77 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found", hint="pass -c FILE or set BINCLI_CONFIG")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:  # a control character; PyYAML's message spans lines
+        line = text[:exc.position].count("\n") + 1
+        raise ConfigError(f"{path}: line {line} not valid YAML: character {_char(exc.character)!r} is not "
+                          "allowed") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (download:, split:, ...), got {type(data).__name__}")
+    problem = _check_tree(data)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
     return data
+
+
+def _show_key(dotted: str) -> str:
+    """A key as the error shows it: quoted if it holds a newline or another unprintable character."""
+    return dotted if dotted.isprintable() else repr(dotted)
+
+
+def _char(character: Any) -> str:
+    return chr(character) if isinstance(character, int) else str(character)
+
+
+_MAX_DEPTH = 20
+_MAX_NODES = 100_000
+
+
+def _check_tree(value: Any) -> str | None:
+    """Why a parsed YAML value cannot be a config (keys that are not names, an alias that contains
+    itself, aliases that expand to millions of values), or None. Later code walks the tree."""
+    budget = [_MAX_NODES]
+
+    def walk(node: Any, where: str, depth: int, path: frozenset[int]) -> str | None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return f"too large (over {_MAX_NODES} values once aliases are expanded)"
+        if not isinstance(node, dict | list):
+            return None
+        if id(node) in path:
+            return f"{where or 'the document'}: an alias refers to itself"
+        if depth > _MAX_DEPTH:
+            return f"{where}: nested too deeply (more than {_MAX_DEPTH} levels)"
+        path = path | {id(node)}
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in items:
+            if isinstance(node, dict) and not isinstance(key, str):
+                return (f"{where + '.' if where else ''}{key!r}: keys must be names, got "
+                        f"{type(key).__name__} {key!r}; quote it")
+            child_where = f"{where}.{_show_key(key)}" if where and isinstance(node, dict) else (
+                where or _show_key(str(key)))
+            if (why := walk(child, child_where, depth + 1, path)) is not None:
+                return why
+        return None
+
+    return walk(value, "", 0, frozenset())
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -351,8 +419,34 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
 def _yaml_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text else text
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
+
+
+def _check_key(dotted: str) -> str | None:
+    """Why an env/flag key is not a config key (the error then names that flag), or None."""
+    parts = dotted.split(".")
+    if not all(parts):
+        return "expected section.key, e.g. train.lr"
+    model: type[BaseModel] | None = Config
+    for i, part in enumerate(parts):
+        if model is None:
+            return f"{'.'.join(parts[:i])} takes a value, not keys below it"
+        fields = list(model.model_fields)
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            what = "unknown key" if i == len(parts) - 1 else f"unknown section {part!r}"
+            return what + (f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}")
+        model = _submodel(model.model_fields[part].annotation)
+    return None
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds (FloatRange for `FloatRange | None`), or None for a value."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -397,16 +491,17 @@ def _format_error(err: Mapping[str, Any], sources: dict[str, str], cfg_path: Pat
     source = sources.get(dotted) or _nearest_source(dotted, sources) or (str(cfg_path) if cfg_path else "defaults")
     if source.startswith("flag "):
         source = source[5:]
-    msg = err["msg"].removeprefix("Value error, ")
+    # "... or instance of TrainConfig": the class name means nothing to a user.
+    msg = err["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
     if err["type"] == "extra_forbidden":
         owner = _model_at(field_loc)
         valid = list(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(field_loc[-1], valid, n=1)
+        close = difflib.get_close_matches(field_loc[-1], valid, n=1) if field_loc else []
         msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}")
     elif err["type"] in {"literal_error", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
                          "int_parsing", "float_parsing", "bool_parsing", "int_from_float"}:
         msg = f"{msg}, got {err.get('input')!r}"
-    return f"{source}: {dotted}: {msg}"
+    return f"{source}: {_show_key(dotted)}: {msg}"
 
 
 def _nearest_source(dotted: str, sources: dict[str, str]) -> str | None:

@@ -12,10 +12,8 @@ from pydantic import ValidationError
 
 from bincli.config import TrainConfig
 from bincli.core.contract import HYPERPARAMETERS, hyperparameter_name
+from bincli.core.hyperparams import LAUNCH_KEYS
 from bincli.errors import ConfigError
-
-# Config keys that are not entry-point hyperparameters (they shape the launch, not the run).
-LAUNCH_KEYS = ("nproc_per_node", "device")
 
 
 def hyperparameters_from(cfg: TrainConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -27,7 +25,7 @@ def hyperparameters_from(cfg: TrainConfig, overrides: Mapping[str, Any] | None =
     if overrides:
         for key, value in overrides.items():
             name = key.replace("-", "_")
-            if name not in values or name in LAUNCH_KEYS:
+            if name not in values or name in LAUNCH_KEYS:  # launch keys shape the launch, not the run
                 raise ConfigError(f"tune result: {key!r} is not a train hyperparameter "
                                   f"(expected one of {', '.join(HYPERPARAMETERS)})")
             values[name] = value

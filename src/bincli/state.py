@@ -3,6 +3,8 @@
 A step records its outputs (paths, counts, URIs, job names, endpoints) and the config section
 that produced them; a later step reads them from here instead of being told where. Writes are
 atomic and serialised with a lock file, so two bincli processes never lose each other's record.
+The file is validated on every read (one pydantic model, `StateFile`): a file of the wrong
+shape is one StateError naming the broken record and the way out, never a traceback later.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bincli import __version__
 from bincli.core.fileio import atomic_write_json
@@ -21,9 +25,26 @@ from bincli.errors import StateError
 
 STATE_FILE = "state.json"
 
-# The order of the pipeline, and which step must have run before each.
+# The order of the pipeline (for `bincli status`).
 STEP_ORDER = ("download", "split", "upload", "tune", "train", "deploy", "evaluate")
-PREREQUISITE = {"split": "download", "upload": "split", "tune": "split", "train": "split", "deploy": "train"}
+
+
+class StepRecord(BaseModel):
+    """One finished step. `outputs` is the step's own data; its keys are the step's business."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    finished_at: str
+    bincli_version: str
+    outputs: dict[str, Any]
+    config: dict[str, Any]
+
+
+class StateFile(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    version: Literal[1] = 1
+    steps: dict[str, StepRecord] = {}
 
 
 class State:
@@ -32,19 +53,13 @@ class State:
         self.path = self.workdir / STATE_FILE
 
     def read(self) -> dict[str, Any]:
-        if not self.path.is_file():
-            return {"version": 1, "steps": {}}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StateError(f"{self.path}: unreadable state file ({exc})",
-                             hint="delete it to start over, or restore it") from None
-        data.setdefault("steps", {})
-        return data
+        """The whole file, validated: {"version": 1, "steps": {name: record}}."""
+        return self._load().model_dump()
 
     def step(self, name: str) -> dict[str, Any] | None:
         """The record of a finished step (outputs, config, finished_at), or None."""
-        return self.read()["steps"].get(name)
+        record = self._load().steps.get(name)
+        return record.model_dump() if record else None
 
     def outputs(self, name: str) -> dict[str, Any] | None:
         record = self.step(name)
@@ -60,23 +75,80 @@ class State:
         return outputs
 
     def record(self, name: str, outputs: dict[str, Any], config: dict[str, Any] | None = None) -> None:
-        with self._locked() as data:
-            data["steps"][name] = {
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "bincli_version": __version__,
-                "outputs": outputs,
-                "config": config or {},
-            }
+        with self._locked(replacing=name) as data:
+            # Validated on the way in too, so bincli never writes a file it would refuse to read.
+            data["steps"][name] = StepRecord(
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                bincli_version=__version__,
+                outputs=outputs,
+                config=config or {},
+            ).model_dump()
 
     def forget(self, name: str) -> bool:
-        with self._locked() as data:
+        with self._locked(replacing=name) as data:
             return data["steps"].pop(name, None) is not None
 
+    def _load(self, replacing: str | None = None) -> StateFile:
+        """Read and validate. `replacing`: a record about to be rewritten or removed may be broken
+        (so rerunning that step repairs it)."""
+        if not self.path.is_file():
+            return StateFile()
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise StateError(f"{self.path}: unreadable state file ({exc})",
+                             hint="delete it to start over, or restore it") from None
+        if replacing is not None and isinstance(data, dict) and isinstance(data.get("steps"), dict):
+            data["steps"].pop(replacing, None)
+        try:
+            return StateFile.model_validate(data)
+        except ValidationError as exc:
+            raise self._explain(data, exc) from None
+        except RecursionError:
+            raise StateError(f"{self.path}: unreadable state file (nested too deeply)",
+                             hint="delete it to start over, or restore it") from None
+
+    def _explain(self, data: Any, exc: ValidationError) -> StateError:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(first["loc"])
+        if len(loc) >= 2 and loc[0] == "steps":
+            name = str(loc[1])
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'][2:]) or 'record'}: {_msg(e)}"
+                for e in errors if tuple(e["loc"][:2]) == ("steps", loc[1]))
+            broken = sorted({str(e["loc"][1]) for e in errors if len(e["loc"]) >= 2 and e["loc"][0] == "steps"})
+            others = f" (also broken: {', '.join(repr(b) for b in broken if b != name)})" if len(broken) > 1 else ""
+            rerun = f" and rerun 'bincli {name}'" if name in STEP_ORDER else ""
+            if name == "deploy":  # the endpoint it named may still run, and cost money
+                rerun += " (stop the endpoint it names yourself if it still runs)"
+            return StateError(f"{self.path}: the {name!r} record is broken: {problems}{others}",
+                              hint=f"remove {name!r} from \"steps\" in that file{rerun}, or delete the file "
+                                   "to start over")
+        if not isinstance(data, dict):
+            what = f"expected a JSON object like {{\"version\": 1, \"steps\": {{...}}}}, got {_json_type(data)}"
+        else:
+            what = f"{'.'.join(str(p) for p in loc)}: {_msg(first)}"
+        return StateError(f"{self.path}: not a bincli state file: {what}",
+                          hint="delete it to start over (each step then reruns), or restore it")
+
     @contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
+    def _locked(self, replacing: str | None = None) -> Iterator[dict[str, Any]]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / ".state.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self.read()
+            data = self._load(replacing).model_dump()
             yield data
             atomic_write_json(self.path, data)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}.get(
+        type(value), type(value).__name__)
+
+
+def _msg(error: Any) -> str:
+    # "Input should be a valid dictionary or instance of StepRecord": the class name means nothing to a user.
+    return str(error["msg"]).split(" or instance of ")[0]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.config import FlagValue, LoadedConfig, load_config, parse_set_options
-from bincli.console import emit_json
+from bincli.console import emit_json, err
 
 ConfigOpt = Annotated[
     Path | None,
@@ -46,7 +46,26 @@ def load(config: Path | None, workdir: Path | None, sets: list[str] | None = Non
             overrides[key] = FlagValue(flag, value)
     if workdir is not None:
         overrides["workdir"] = FlagValue("--workdir", workdir)
-    return load_config(config, overrides)
+    loaded = load_config(config, overrides)
+    _lock_workdir(loaded.config.workdir)
+    return loaded
+
+
+# The commands that write to the workdir: one of them at a time per workdir (predict, status
+# and config only read it).
+LOCKING_COMMANDS = frozenset({"download", "split", "upload", "tune", "train", "deploy", "evaluate", "teardown"})
+
+
+def _lock_workdir(workdir: Path) -> None:
+    """Hold the workdir lock until the current command ends (or its process dies)."""
+    from bincli.lock import acquire, current_command, stale_note
+
+    command = current_command()
+    if command not in LOCKING_COMMANDS:
+        return
+    note = stale_note(acquire(workdir, command))  # released by the CLI when the command ends
+    if note:
+        err.print(note, markup=False, soft_wrap=True)
 
 
 def finish(result: Mapping[str, Any], json_out: bool,

@@ -9,6 +9,7 @@ import typer
 
 from bincli.commands.common import ConfigOpt, EndpointOpt, EndpointUrlOpt, SetOpt, WorkdirOpt, load
 from bincli.console import emit_json, err
+from bincli.errors import UsageError
 
 
 def predict(
@@ -36,6 +37,8 @@ def predict(
 
     Example: bincli predict bin.jpg more/ --json;  bincli predict bin.jpg --expected 3
     """
+    if expected is not None and expected < 0:  # a count is never negative: such a gate could never pass
+        raise UsageError(f"--expected: must be a count of 0 or more, got {expected}")
     cfg = load(config, workdir, sets, {
         "predict.endpoint": ("--endpoint", endpoint), "predict.endpoint_url": ("--endpoint-url", endpoint_url),
         "predict.concurrency": ("--concurrency", concurrency), "predict.timeout": ("--timeout", timeout),

@@ -1,40 +1,54 @@
 """The training flags, shared by `train` and `tune` (in tune, a flag given fixes that value for
-every trial and takes it out of the search)."""
+every trial and takes it out of the search).
+
+Built from the one declaration of the hyperparameters (bincli.core.hyperparams): flag name, type
+and help come from there. Every option defaults to None, so an unset flag never overrides the config.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from bincli.core.hyperparams import CONFIG_PARAMS, Param
 
-def _opt(flag: str, help: str, **kw: Any):
-    return typer.Option(flag, help=help, show_default=False, rich_help_panel="Training", **kw)
+# Typer-only settings that the declaration does not carry.
+_EXTRA: dict[str, dict[str, Any]] = {"weights_file": {"dir_okay": False}}
 
 
-Model = Annotated[str | None, _opt("--model", "resnet18, resnet34 or resnet50 (default resnet18).")]
-Epochs = Annotated[int | None, _opt("--epochs", "Epochs in all (default 10).")]
-BatchSize = Annotated[int | None, _opt("--batch-size", "Images per step, per process (default 32).")]
-Lr = Annotated[float | None, _opt("--lr", "Peak learning rate (default 0.001).")]
-ImageSize = Annotated[int | None, _opt("--image-size", "Square input size in pixels (default 224).")]
-Pretrained = Annotated[bool | None, _opt("--pretrained/--no-pretrained", "Start from ImageNet weights (default: no).")]
-WeightsFile = Annotated[Path | None, _opt("--weights-file", "Local ImageNet weights for --pretrained.", dir_okay=False)]
-Freeze = Annotated[str | None, _opt("--freeze", "none, backbone, or layer1..layer4 (default none).")]
-Optimizer = Annotated[str | None, _opt("--optimizer", "adamw or sgd (default adamw).")]
-Scheduler = Annotated[str | None, _opt("--scheduler", "cosine, step or none after warm-up (default cosine).")]
-WarmupEpochs = Annotated[int | None, _opt("--warmup-epochs", "Linear warm-up epochs (default 1).")]
-WeightDecay = Annotated[float | None, _opt("--weight-decay", "AdamW/SGD weight decay (default 1e-4).")]
-LabelSmoothing = Annotated[float | None, _opt("--label-smoothing", "0 to 1 (default 0).")]
-Patience = Annotated[int | None, _opt("--patience", "Early stop after N epochs without a lower valid loss "
-                                                    "(default 0: off).")]
-Workers = Annotated[int | None, _opt("--workers", "DataLoader processes (default 2).")]
-NprocPerNode = Annotated[int | None, _opt("--nproc-per-node", "Data-parallel processes via torchrun (default 1).")]
-Seed = Annotated[int | None, _opt("--seed", "Seed (default 0).")]
-Cache = Annotated[bool | None, _opt("--cache/--no-cache", "Cache pre-resized images (default: on).")]
-Device = Annotated[str | None, _opt("--device", "auto, cpu or cuda (default auto).")]
+def _option(p: Param) -> Any:
+    flag = f"--{p.flag}/--no-{p.flag}" if p.type is bool else f"--{p.flag}"
+    info = typer.Option(flag, help=p.describe(), show_default=False, rich_help_panel="Training",
+                        **_EXTRA.get(p.name, {}))
+    return Annotated[p.type | None, info]
+
+
+# Annotated types by config key, for a command's signature (`epochs: t.Epochs = None`).
+OPTIONS: dict[str, Any] = {p.name: _option(p) for p in CONFIG_PARAMS}
+
+Model = OPTIONS["model"]
+Epochs = OPTIONS["epochs"]
+BatchSize = OPTIONS["batch_size"]
+Lr = OPTIONS["lr"]
+ImageSize = OPTIONS["image_size"]
+Pretrained = OPTIONS["pretrained"]
+WeightsFile = OPTIONS["weights_file"]
+Freeze = OPTIONS["freeze"]
+Optimizer = OPTIONS["optimizer"]
+Scheduler = OPTIONS["scheduler"]
+WarmupEpochs = OPTIONS["warmup_epochs"]
+WeightDecay = OPTIONS["weight_decay"]
+LabelSmoothing = OPTIONS["label_smoothing"]
+Patience = OPTIONS["patience"]
+Workers = OPTIONS["workers"]
+NprocPerNode = OPTIONS["nproc_per_node"]
+Seed = OPTIONS["seed"]
+Cache = OPTIONS["cache"]
+Device = OPTIONS["device"]
 
 
 def train_flags(section: str = "train", **values: Any) -> dict[str, tuple[str, Any]]:
     """{"train.lr": ("--lr", 0.01), ...} for commands.common.load, from the flag values by config name."""
     return {f"{section}.{key}": (f"--{key.replace('_', '-')}", value) for key, value in values.items()}
+

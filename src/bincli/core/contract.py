@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from .hyperparams import ENTRY_PARAMS
+
 # ---- files in the model dir / model.tar.gz (SageMaker layout)
 WEIGHTS_FILE = "model.pth"          # state_dict, loaded with torch.load(weights_only=True)
 MODEL_INFO_FILE = "model_info.json"  # arch, classes, image_size, mean, std, metrics
@@ -16,6 +18,7 @@ TRAIN_SCRIPT = "train.py"
 
 # ---- the split names, which are also the channel names a training job gets (in this order)
 SPLITS = ("train", "valid", "test")
+MANIFEST_HEADER = ("id", "path", "count")  # the header of each split's <split>.csv (id stays a string)
 
 # ---- files the training entry point writes
 CHECKPOINT_LAST = "last.pt"          # checkpoint dir: the latest state (resume from here)
@@ -34,13 +37,9 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker real-time endpoint limit (6 MB)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# ---- hyperparameters: the entry point's flags, also the tuner's parameter names.
-# SageMaker passes them as `--name value`; names use hyphens like the SageMaker examples.
-HYPERPARAMETERS = (
-    "model", "epochs", "batch-size", "lr", "image-size", "pretrained", "weights-file", "freeze",
-    "optimizer", "scheduler", "warmup-epochs", "weight-decay", "label-smoothing", "patience",
-    "workers", "seed", "cache", "classes",
-)
+# ---- hyperparameters: the entry point's flags, also the tuner's parameter names (declared in
+# hyperparams.py). SageMaker passes them as `--name value`; names use hyphens like the SageMaker examples.
+HYPERPARAMETERS = tuple(p.flag for p in ENTRY_PARAMS)
 
 
 def hyperparameter_name(config_key: str) -> str:

@@ -30,15 +30,15 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from .classes import ClassSpec
+from .contract import MANIFEST_HEADER
 
 log = logging.getLogger(__name__)
 
-MANIFEST_HEADER = ("id", "path", "count")
 MANIFEST_FALLBACK = "manifest.csv"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class DataError(ValueError):
+class InputDataError(ValueError):
     """A channel, manifest or image is missing or unreadable (the message names it)."""
 
 
@@ -68,17 +68,17 @@ def read_manifest(path: str | Path, spec: ClassSpec, data_root: str | Path | Non
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != MANIFEST_HEADER:
-            raise DataError(f"{path}: expected the header {','.join(MANIFEST_HEADER)}, got {header}")
+            raise InputDataError(f"{path}: expected the header {','.join(MANIFEST_HEADER)}, got {header}")
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 fields (id,path,count), got {len(row)}")
+                raise InputDataError(f"{path}:{lineno}: expected 3 fields (id,path,count), got {len(row)}")
             id_, rel, count = row
             try:
                 target = spec.index(int(count))
             except ValueError:
-                raise DataError(f"{path}:{lineno}: count {count!r} is not in classes {spec} "
+                raise InputDataError(f"{path}:{lineno}: count {count!r} is not in classes {spec} "
                                 f"(was the split made with other classes?)") from None
             samples.append(Sample(id_, root / rel, target))
     return samples
@@ -101,16 +101,16 @@ def load_channel(channel_dir: str | Path, channel: str, spec: ClassSpec,
     """The samples of one channel (manifest, else folder layout); a clear error when there are none."""
     channel_dir = Path(channel_dir)
     if not channel_dir.is_dir():
-        raise DataError(f"{channel} channel {channel_dir} is not a directory")
+        raise InputDataError(f"{channel} channel {channel_dir} is not a directory")
     manifest = find_manifest(channel_dir, channel)
     samples = read_manifest(manifest, spec, data_root) if manifest else scan_folders(channel_dir, spec)
     if not samples:
         where = manifest or f"{channel_dir}/<{'|'.join(spec.labels)}>/*.jpg"
-        raise DataError(f"{channel} channel: no images in {where} "
+        raise InputDataError(f"{channel} channel: no images in {where} "
                         f"(expected {channel}.csv or {MANIFEST_FALLBACK} with header id,path,count)")
     missing = [s for s in samples if not s.path.is_file()]
     if missing:
-        raise DataError(f"{channel} channel: {len(missing)} image(s) missing, e.g. {missing[0].path} "
+        raise InputDataError(f"{channel} channel: {len(missing)} image(s) missing, e.g. {missing[0].path} "
                         f"(id {missing[0].id}); check --data-root")
     return samples
 
@@ -153,7 +153,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     try:
         return decode(Path(path).read_bytes())
     except (OSError, RuntimeError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+        raise InputDataError(f"{path}: cannot read image ({exc})") from None
 
 
 def resize_square(img: torch.Tensor, size: int) -> torch.Tensor:

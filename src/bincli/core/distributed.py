@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .hyperparams import DEVICE_CHOICES
+
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +43,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistConte
 
     device: "auto" (a GPU when one is visible and SM_NUM_GPUS is not 0), "cpu" or "cuda".
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; choose from auto, cpu, cuda")
+    if device not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICE_CHOICES)}")
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -53,6 +53,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Keys: hyperparams.OPTIMIZER_CHOICES and SCHEDULER_CHOICES (what config and CLI accept; tests check).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
     "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
@@ -177,14 +178,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         if (step + 1) % check_every == 0 and not torch.isfinite(loss):
             raise TrainError(f"training diverged: loss is {loss.item()} at epoch {epoch} step {step + 1} "
                              f"(lr {schedule.lr:.3g}); try a lower --lr or more --warmup-epochs")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        _backward_step(loss, optimizer, scaler)
         batch = targets.shape[0]
         acc[0] += loss.detach().double() * batch
         acc[1] += (logits.argmax(dim=1) == targets).sum()
@@ -196,11 +190,28 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             completed = False
             break
     seconds = seconds0 + time.perf_counter() - t0
+    return _epoch_stats(acc, n, seconds, ctx, epoch, schedule.lr) | {"steps": step, "completed": completed}
+
+
+def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def _epoch_stats(acc: torch.Tensor, n: float, seconds: float, ctx: DistContext, epoch: int,
+                 lr: float) -> dict[str, Any]:
+    """This rank's sums -> the job's epoch means (all-reduced), plus `carry`: this rank's sums."""
     loss_sum, correct = acc.tolist()
     if not math.isfinite(loss_sum):
         raise TrainError(f"training diverged: the loss of epoch {epoch} is {loss_sum}; "
                          f"try a lower --lr or more --warmup-epochs")
-    local = {"loss_sum": loss_sum, "correct": correct, "n": n, "seconds": seconds}
     total = all_reduce_sum(ctx, torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=ctx.device)).cpu()
     n_all = float(total[2])
     return {
@@ -209,10 +220,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         "images": int(n_all),
         "seconds": seconds,
         "train_img_s": n_all / seconds if seconds > 0 else 0.0,
-        "lr": schedule.lr,
-        "steps": step,
-        "completed": completed,
-        "carry": local,
+        "lr": lr,
+        "carry": {"loss_sum": loss_sum, "correct": correct, "n": n, "seconds": seconds},
     }
 
 

@@ -6,9 +6,11 @@ entry point (which runs without the rest of bincli) writes checkpoints and metri
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sweep_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temp files that atomic writes of `names` left in `directory` when a process was
+    killed mid-write (SIGKILL skips the cleanup above). Only `.<name>.<random>.tmp` of the given
+    names: whoever calls this must be the only writer of those files. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for name in names:
+        for tmp in directory.glob(f".{glob.escape(name)}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -9,15 +9,16 @@ import torch
 from torch import nn
 from torchvision import models
 
+from .hyperparams import FREEZE_CHOICES
+
 log = logging.getLogger(__name__)
 
-# name -> (constructor, ImageNet weights enum)
+# name -> (constructor, ImageNet weights enum); the names are hyperparams.MODEL_CHOICES (tests check)
 ARCHITECTURES = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2),
 }
-FREEZE_CHOICES = ("none", "backbone", "layer1", "layer2", "layer3", "layer4")
 _STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 

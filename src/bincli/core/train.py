@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +44,8 @@ from .classes import ClassSpec
 from .contract import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
+    CONFUSION_PNG,
+    CURVES_PNG,
     HISTORY_FILE,
     HYPERPARAMETERS,
     IMAGENET_MEAN,
@@ -54,7 +58,7 @@ from .contract import (
 )
 from .data import (
     CountDataset,
-    DataError,
+    InputDataError,
     ShardSampler,
     TrainSampler,
     build_loader,
@@ -78,21 +82,20 @@ from .engine import (
     train_one_epoch,
     unwrap,
 )
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .metrics import baseline_metrics, summary
-from .model import ARCHITECTURES, FREEZE_CHOICES, build_model
-from .plots import CONFUSION_PNG, CURVES_PNG, write_confusion_png, write_curves_png
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sweep_temp_files
+from .hyperparams import ENTRY_PARAMS, PARAMS_BY_NAME, RESUME_LOCKED, Param
+from .metrics import SUMMARY, baseline_metrics, summary
+from .model import build_model
+from .plots import write_confusion_png, write_curves_png
 from .presets import eval_transform, train_transform
 
 log = logging.getLogger("bincli.train")
 
-# Hyperparameters that shape a run: a resumed run must match the checkpoint on these.
-# (epochs, batch-size, workers, patience, cache and every operational flag may change.)
-RESUME_LOCKED = ("model", "lr", "image_size", "pretrained", "freeze", "optimizer", "scheduler", "warmup_epochs",
-                 "weight_decay", "label_smoothing", "seed", "classes")
+# The epoch row's valid_* columns (contract.EPOCH_METRICS) from evaluate()'s metric names.
+VALID_COLUMNS = {"valid_loss": "log_loss", "valid_acc": "accuracy", "valid_rmse": "rmse", "valid_mae": "mae"}
 
 
-class Interrupted(Exception):
+class RunInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run after a checkpoint was saved; running again resumes."""
 
     def __init__(self, signum: int, epoch: int, sample: int, checkpoint: Path):
@@ -118,33 +121,33 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: hyperparameter help lines state theirs already (Param.describe)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
+def _add_param(group: argparse._ArgumentGroup, p: Param) -> None:
+    """One declared hyperparameter as a `--name value` flag (booleans also as a bare flag)."""
+    kw: dict[str, Any] = {"default": p.default, "help": p.describe().replace("%", "%%")}
+    if p.type is bool:
+        kw.update(type=str2bool, nargs="?", const=True)
+    else:
+        kw["type"] = str if p.type is Path else p.type
+    if p.choices:
+        kw["choices"] = list(p.choices)
+    group.add_argument(f"--{p.flag}", **kw)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Every flag, with its default. Hyperparameter flags are named as in contract.HYPERPARAMETERS."""
+    """Every flag, with its default. The hyperparameters are those declared in hyperparams.py."""
     p = argparse.ArgumentParser(description="bincli: fine-tune a ResNet to count items in bin photos.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, formatter_class=_HelpFormatter)
     hp = p.add_argument_group("hyperparameters (SageMaker passes them as --name value)")
-    hp.add_argument("--model", default="resnet18", choices=list(ARCHITECTURES), help="torchvision backbone")
-    hp.add_argument("--epochs", type=int, default=10, help="epochs in all (a resumed run may raise it)")
-    hp.add_argument("--batch-size", type=int, default=32, help="images per step, per process")
-    hp.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    hp.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
-    hp.add_argument("--pretrained", type=str2bool, nargs="?", const=True, default=False,
-                    help="start from torchvision's ImageNet weights")
-    hp.add_argument("--weights-file", default=None, help="local ImageNet weights (.pth state_dict) for --pretrained")
-    hp.add_argument("--freeze", default="none", choices=list(FREEZE_CHOICES),
-                    help="freeze the backbone, or the stem and layers up to layerN")
-    hp.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    hp.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "none"], help="after the warm-up")
-    hp.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up from 1%% of --lr")
-    hp.add_argument("--weight-decay", type=float, default=1e-4, help="on weights, not on biases or norms")
-    hp.add_argument("--label-smoothing", type=float, default=0.0)
-    hp.add_argument("--patience", type=int, default=0,
-                    help="stop after this many epochs without a lower valid loss (0: never)")
-    hp.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader processes")
-    hp.add_argument("--seed", type=int, default=0, help="weights init, shuffling, augmentation")
-    hp.add_argument("--cache", type=str2bool, nargs="?", const=True, default=True,
-                    help="cache decoded, resized images on disk after the first epoch")
-    hp.add_argument("--classes", default="1-5", help="count classes: '1-5', or '0-5+' (5+ = five or more)")
+    for param in ENTRY_PARAMS:
+        _add_param(hp, param)
 
     io_ = p.add_argument_group("data and outputs (defaults from SageMaker's SM_* variables)")
     io_.add_argument("--train", default=_env("SM_CHANNEL_TRAIN"), help="train channel dir [SM_CHANNEL_TRAIN]")
@@ -160,7 +163,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--resume", default="auto", choices=["auto", "never"],
                      help="auto: continue from <checkpoint-dir>/last.pt if there; never: start over")
     run.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint's best model, no training")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_param(run, PARAMS_BY_NAME["device"])  # a launch key of the config, a run flag here
     run.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision (auto: on GPU)")
     run.add_argument("--channels-last", type=str2bool, nargs="?", const=True, default=True)
     run.add_argument("--log-interval", type=float, default=30.0, help="seconds between progress lines (0: every step)")
@@ -228,70 +231,124 @@ class _ProgressPrinter:
             print(format_progress_line(self.epoch, step, self.steps, r["loss"], r["acc"], r["img_s"]), flush=True)
 
 
-# ---------------------------------------------------------------- main
-def run(args: argparse.Namespace, on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None
-        ) -> dict[str, Any]:
-    """Train (or resume, or --eval-only), then write the model and metrics. Returns the metrics dict.
+# ---------------------------------------------------------------- the parts of a run
+class Dirs(NamedTuple):
+    """Where a run writes: the model dir, the output dir and the checkpoint dir."""
 
-    on_epoch_end(epoch, row) is called on every rank after each epoch's checkpoint is saved;
-    returning True stops training there (the model is still written); an exception it raises
-    (e.g. optuna.TrialPruned) propagates. Raises Interrupted after SIGINT/SIGTERM.
-    """
-    ctx = D.init_distributed(args.device)
-    try:
-        return _run(args, ctx, on_epoch_end)
-    finally:
-        D.cleanup(ctx)
+    model: Path
+    output: Path
+    checkpoints: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Dirs:
+        model_dir = Path(args.model_dir)
+        ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else model_dir.resolve().parent / "checkpoints"
+        return cls(model_dir, Path(args.output_dir), ckpt_dir)
 
 
-def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str, Any]:
-    main = ctx.is_main
+@dataclass
+class Data:
+    """The data sets of a run; valid and test are empty when their channel is not given."""
+
+    spec: ClassSpec
+    train_set: CountDataset
+    valid_set: CountDataset
+    test_set: CountDataset
+    train_sampler: TrainSampler
+    fingerprint: str  # of the train set: a resumed run must see the same data
+
+
+@dataclass
+class Training:
+    """What trains the model: built from the arguments, its states restored on resume."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupSchedule
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+
+
+@dataclass
+class Progress:
+    """Where the run stands: saved in every checkpoint and restored on resume."""
+
+    stopper: EarlyStopping
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 1
+    start_sample: int = 0  # samples of start_epoch the whole job consumed before an interruption
+    carry: dict[str, float] | None = None  # that epoch's partial sums, this rank's share
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    finished: bool = False
+    stop_reason: str | None = None
+
+
+def check_args(args: argparse.Namespace) -> ClassSpec:
+    """The class spec; InputDataError (exit 2) for arguments no run can start with."""
     try:
         spec = ClassSpec.parse(args.classes)
     except ValueError as exc:
-        raise DataError(f"--classes: {exc}") from None
-    labels, counts = spec.labels, spec.counts
+        raise InputDataError(f"--classes: {exc}") from None
     if not args.train:
-        raise DataError("no train channel: pass --train DIR or set SM_CHANNEL_TRAIN")
+        raise InputDataError("no train channel: pass --train DIR or set SM_CHANNEL_TRAIN")
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    model_dir, output_dir = Path(args.model_dir), Path(args.output_dir)
-    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else model_dir.resolve().parent / "checkpoints"
-    if main:
-        log.info("hyperparameters: %s", json.dumps(hyperparameters(args), default=str))
-        hosts = json.loads(os.environ.get("SM_HOSTS", "[]") or "[]")
-        if len(hosts) > 1 and not ctx.distributed:
-            log.warning("SM_HOSTS lists %d hosts but this process was not launched by torchrun: "
-                        "each host trains on its own", len(hosts))
-    _seed_everything(args.seed)
+            raise InputDataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return spec
 
-    # ---- data
+
+def sweep_leftovers(dirs: Dirs) -> None:
+    """Remove temp files that a killed run's atomic writes left (SIGKILL skips their cleanup).
+    Main rank, before anything is written: it is the only writer of these files."""
+    written = {dirs.checkpoints: (CHECKPOINT_LAST, CHECKPOINT_BEST), dirs.model: (WEIGHTS_FILE, MODEL_INFO_FILE),
+               dirs.output: (METRICS_FILE, HISTORY_FILE, CURVES_PNG, CONFUSION_PNG)}
+    for directory, names in written.items():
+        for path in sweep_temp_files(directory, names):
+            log.info("removed %s, left by an earlier run that was killed", path)
+
+
+def log_start(args: argparse.Namespace, ctx: D.DistContext) -> None:
+    log.info("hyperparameters: %s", json.dumps(hyperparameters(args), default=str))
+    hosts = json.loads(os.environ.get("SM_HOSTS", "[]") or "[]")
+    if len(hosts) > 1 and not ctx.distributed:
+        log.warning("SM_HOSTS lists %d hosts but this process was not launched by torchrun: "
+                    "each host trains on its own", len(hosts))
+
+
+def _pin(ctx: D.DistContext) -> bool:
+    return ctx.device.type == "cuda"
+
+
+def load_data(args: argparse.Namespace, spec: ClassSpec, ctx: D.DistContext) -> Data:
     train_samples = load_channel(args.train, "train", spec, args.data_root)
     valid_samples = load_channel(args.valid, "valid", spec, args.data_root) if args.valid else []
     test_samples = load_channel(args.test, "test", spec, args.data_root) if args.test else []
-    data_fp = fingerprint(train_samples, files=False)
     size = args.image_size
     cache_dir = args.cache_dir if args.cache else None
     train_set = CountDataset(train_samples, size, train_transform(size), open_cache(cache_dir, train_samples, size))
     eval_tf = eval_transform(size)
     valid_set = CountDataset(valid_samples, size, eval_tf, open_cache(cache_dir, valid_samples, size))
     test_set = CountDataset(test_samples, size, eval_tf, open_cache(cache_dir, test_samples, size))
-    pin = ctx.device.type == "cuda"
-    train_sampler = TrainSampler(len(train_set), ctx.rank, ctx.world_size, args.seed)
-    if main:
+    if ctx.is_main:
         log.info("data: train %d, valid %d, test %d images; classes %s; %d process(es); device %s",
                  len(train_set), len(valid_set), len(test_set), spec, ctx.world_size, ctx.device)
         if not valid_samples:
             log.warning("no valid channel: no early stopping, and the last epoch's model is kept")
+    return Data(spec, train_set, valid_set, test_set, TrainSampler(len(train_set), ctx.rank, ctx.world_size, args.seed),
+                fingerprint(train_samples, files=False))
 
-    def eval_loader(ds: CountDataset):
-        return build_loader(ds, args.batch_size, ShardSampler(len(ds), ctx.rank, ctx.world_size), args.workers,
-                            pin_memory=pin)
 
-    # ---- model, loss, optimizer, schedule
+def eval_loader(ds: CountDataset, args: argparse.Namespace, ctx: D.DistContext):
+    return build_loader(ds, args.batch_size, ShardSampler(len(ds), ctx.rank, ctx.world_size), args.workers,
+                        pin_memory=_pin(ctx))
+
+
+def build_training(args: argparse.Namespace, spec: ClassSpec, ctx: D.DistContext) -> Training:
+    """Model, loss, optimizer, schedule and AMP scaler (not yet wrapped in DDP)."""
     model = build_model(args.model, spec.num_classes, args.pretrained, args.weights_file, args.freeze)
-    if args.weights_file and not args.pretrained and main:
+    if args.weights_file and not args.pretrained and ctx.is_main:
         log.warning("--weights-file is ignored without --pretrained")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(ctx.device, memory_format=fmt)
@@ -299,167 +356,203 @@ def _run(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end) -> dict[str
         _seed_everything(args.seed + 1_000_003 * ctx.rank)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
-    schedule = WarmupSchedule(optimizer, args.scheduler, args.epochs, args.warmup_epochs)
     amp_dtype = _amp_dtype(args, ctx.device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return Training(
+        model=model, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer=optimizer,
+        schedule=WarmupSchedule(optimizer, args.scheduler, args.epochs, args.warmup_epochs),
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None, amp_dtype=amp_dtype)
 
-    # ---- resume
-    start_epoch, start_sample, carry = 1, 0, None
-    history: list[dict[str, Any]] = []
-    stopper = EarlyStopping(args.patience)
-    best_state, best_epoch, finished, stop_reason = None, 0, False, None
-    last_path = ckpt_dir / CHECKPOINT_LAST
-    buf = D.broadcast_file(ctx, last_path) if args.resume == "auto" else None
-    if buf is not None:
-        ckpt = load_checkpoint(buf)
-        _check_resume(ckpt, args, data_fp, last_path)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        history = list(ckpt.get("history", []))
-        stopper = EarlyStopping(args.patience, ckpt.get("best_loss", float("inf")), ckpt.get("bad_epochs", 0))
-        best_epoch = ckpt.get("best_epoch", 0)
-        start_epoch, start_sample = ckpt["next"]["epoch"], ckpt["next"]["sample"]
-        carry = ckpt.get("carry")
-        if carry:  # job-wide sums: each rank adds its share, the epoch's all-reduce adds them up again
-            carry = {k: (v if k == "seconds" else v / ctx.world_size) for k, v in carry.items()}
-        ranks = ckpt.get("rng_ranks") or []
-        set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
-        if len(ranks) != ctx.world_size and ctx.rank:  # another world size than before: fresh streams
-            _seed_everything(args.seed + 1_000_003 * ctx.rank + 7919 * start_epoch)
-        finished, stop_reason = ckpt.get("finished", False), ckpt.get("stop_reason")
-        if finished and stop_reason == "completed" and args.epochs > ckpt["epoch"]:
-            finished = False
-            if main:
-                log.info("extending a finished run from %d to %d epochs", ckpt["epoch"], args.epochs)
-        best_buf = D.broadcast_file(ctx, ckpt_dir / CHECKPOINT_BEST)
-        best_state = load_checkpoint(best_buf)["model"] if best_buf is not None else None
-        if main:
-            if args.eval_only:
-                log.info("evaluating the best model (epoch %d) of %s", best_epoch, ckpt_dir)
-            elif finished:
-                log.info("nothing to resume: the run in %s finished at epoch %d (%s); writing the model from "
-                         "its best epoch (%d). To train from scratch: --resume never (bincli train --fresh)",
-                         ckpt_dir, ckpt["epoch"], stop_reason, best_epoch)
-            else:
-                where = f" after {start_sample} samples" if start_sample else ""
-                log.info("resuming from %s at epoch %d%s", last_path, start_epoch, where)
-    elif args.eval_only:
-        raise TrainError(f"--eval-only needs a checkpoint: {last_path} does not exist")
-    if args.eval_only:
-        finished = True
 
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if pin else None)
+# ---------------------------------------------------------------- checkpoints and resume
+@dataclass
+class Checkpoints:
+    """<checkpoint-dir>/last.pt (and best.pt): a plain dict of the run's state, saved by the main rank."""
 
-    def checkpoint(epoch: int, next_: dict[str, int], is_best: bool, carry_: dict | None = None) -> None:
-        rng_ranks = D.gather_objects(ctx, rng_state()) if ctx.distributed else []
-        if main:
+    directory: Path
+    args: argparse.Namespace
+    ctx: D.DistContext
+    data: Data
+
+    @property
+    def last(self) -> Path:
+        return self.directory / CHECKPOINT_LAST
+
+    def save(self, t: Training, p: Progress, epoch: int, next_: dict[str, int], is_best: bool,
+             carry: dict[str, float] | None = None) -> None:
+        """Call on every rank (each adds its RNG state); next_ is where a resumed run starts."""
+        rng_ranks = D.gather_objects(self.ctx, rng_state()) if self.ctx.distributed else []
+        if self.ctx.is_main:
             save_checkpoint({
-                "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "schedule": schedule.state_dict(),
-                "rng": rng_state(), "rng_ranks": rng_ranks, "epoch": epoch, "next": next_, "carry": carry_,
-                "history": history,
-                "best_loss": stopper.best, "bad_epochs": stopper.bad_epochs, "best_epoch": best_epoch,
-                "finished": finished, "stop_reason": stop_reason, "args": _plain(vars(args)),
-                "hyperparameters": _plain(hyperparameters(args)), "classes": str(spec), "data": data_fp,
-            }, ckpt_dir, is_best)
-        D.barrier(ctx)
+                "model": cpu_state_dict(t.model), "optimizer": t.optimizer.state_dict(),
+                "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+                "schedule": t.schedule.state_dict(),
+                "rng": rng_state(), "rng_ranks": rng_ranks, "epoch": epoch, "next": next_, "carry": carry,
+                "history": p.history,
+                "best_loss": p.stopper.best, "bad_epochs": p.stopper.bad_epochs, "best_epoch": p.best_epoch,
+                "finished": p.finished, "stop_reason": p.stop_reason, "args": _plain(vars(self.args)),
+                "hyperparameters": _plain(hyperparameters(self.args)), "classes": str(self.data.spec),
+                "data": self.data.fingerprint,
+            }, self.directory, is_best)
+        D.barrier(self.ctx)
 
-    # ---- loop
-    valid_loader = eval_loader(valid_set) if valid_samples else None
-    train_loader = None
+
+def resume(ckpts: Checkpoints, t: Training) -> Progress:
+    """Load last.pt into `t` and return where the run stands (a fresh Progress without one)."""
+    args, ctx = ckpts.args, ckpts.ctx
+    buf = D.broadcast_file(ctx, ckpts.last) if args.resume == "auto" else None
+    if buf is None:
+        if args.eval_only:
+            raise TrainError(f"--eval-only needs a checkpoint: {ckpts.last} does not exist")
+        return Progress(EarlyStopping(args.patience))
+    ckpt = load_checkpoint(buf)
+    _check_resume(ckpt, args, ckpts.data.fingerprint, ckpts.last)
+    p = _restore(ckpt, args, ctx, t)
+    best_buf = D.broadcast_file(ctx, ckpts.directory / CHECKPOINT_BEST)
+    p.best_state = load_checkpoint(best_buf)["model"] if best_buf is not None else None
+    if ctx.is_main:
+        if args.eval_only:
+            log.info("evaluating the best model (epoch %d) of %s", p.best_epoch, ckpts.directory)
+        elif p.finished:
+            log.info("nothing to resume: the run in %s finished at epoch %d (%s); writing the model from "
+                     "its best epoch (%d). To train from scratch: --resume never (bincli train --fresh)",
+                     ckpts.directory, ckpt["epoch"], p.stop_reason, p.best_epoch)
+        else:
+            where = f" after {p.start_sample} samples" if p.start_sample else ""
+            log.info("resuming from %s at epoch %d%s", ckpts.last, p.start_epoch, where)
+    if args.eval_only:
+        p.finished = True
+    return p
+
+
+def _restore(ckpt: dict[str, Any], args: argparse.Namespace, ctx: D.DistContext, t: Training) -> Progress:
+    unwrap(t.model).load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    if t.scaler is not None and ckpt.get("scaler"):
+        t.scaler.load_state_dict(ckpt["scaler"])
+    carry = ckpt.get("carry")
+    if carry:  # job-wide sums: each rank adds its share, the epoch's all-reduce adds them up again
+        carry = {k: (v if k == "seconds" else v / ctx.world_size) for k, v in carry.items()}
+    p = Progress(EarlyStopping(args.patience, ckpt.get("best_loss", float("inf")), ckpt.get("bad_epochs", 0)),
+                 history=list(ckpt.get("history", [])), start_epoch=ckpt["next"]["epoch"],
+                 start_sample=ckpt["next"]["sample"], carry=carry, best_epoch=ckpt.get("best_epoch", 0),
+                 finished=ckpt.get("finished", False), stop_reason=ckpt.get("stop_reason"))
+    ranks = ckpt.get("rng_ranks") or []
+    set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
+    if len(ranks) != ctx.world_size and ctx.rank:  # another world size than before: fresh streams
+        _seed_everything(args.seed + 1_000_003 * ctx.rank + 7919 * p.start_epoch)
+    if p.finished and p.stop_reason == "completed" and args.epochs > ckpt["epoch"]:
+        p.finished = False
+        if ctx.is_main:
+            log.info("extending a finished run from %d to %d epochs", ckpt["epoch"], args.epochs)
+    return p
+
+
+# ---------------------------------------------------------------- the epoch loop
+def train_epochs(args: argparse.Namespace, ctx: D.DistContext, t: Training, data: Data, p: Progress,
+                 ckpts: Checkpoints, valid_loader, on_epoch_end) -> None:
+    """Epochs from where `p` stands to --epochs, early stopping, the hook's stop, or a signal
+    (then RunInterrupted, after a checkpoint)."""
+    if p.finished or p.start_epoch > args.epochs:
+        return
+    full = -(-len(data.train_set) // ctx.world_size)  # samples per rank in a whole epoch
+    drop_last = full >= args.batch_size  # a last batch of one would break BatchNorm
+    steps = full // args.batch_size if drop_last else 1
+    loader = build_loader(data.train_set, args.batch_size, data.train_sampler, args.workers, drop_last=drop_last,
+                          pin_memory=_pin(ctx))
     with StopSignal() as stop:
-        for epoch in range(start_epoch, args.epochs + 1):
-            if finished:
-                break
-            train_sampler.set_epoch(epoch, start_sample if epoch == start_epoch else 0)
-            full = -(-len(train_set) // ctx.world_size)  # samples per rank in a whole epoch
-            drop_last = full >= args.batch_size  # a last batch of one would break BatchNorm
-            steps_per_epoch = full // args.batch_size if drop_last else 1
-            if train_loader is None:
-                train_loader = build_loader(train_set, args.batch_size, train_sampler, args.workers,
-                                            drop_last=drop_last, pin_memory=pin)
-            step_size = args.batch_size * ctx.world_size
-            first_step = (start_sample // step_size) if epoch == start_epoch else 0
-            sample0 = start_sample if epoch == start_epoch else 0
-            stats = train_one_epoch(
-                model, train_loader, criterion, optimizer, schedule, epoch=epoch, steps_per_epoch=steps_per_epoch,
-                ctx=ctx, first_step=first_step, carry=carry if epoch == start_epoch else None, scaler=scaler,
-                amp_dtype=amp_dtype, channels_last=args.channels_last, should_stop=stop,
-                on_step=_ProgressPrinter(epoch, steps_per_epoch, args.log_interval, main))
-            D.sync_buffers(ctx, model)
-            if not stats["completed"]:
-                consumed = sample0 + (stats["steps"] - first_step) * step_size
-                totals = {"loss_sum": stats["train_loss"] * stats["images"], "correct": stats["train_acc"] *
-                          stats["images"], "n": float(stats["images"]), "seconds": stats["seconds"]}
-                checkpoint(epoch - 1, {"epoch": epoch, "sample": consumed}, False, totals)
-                raise Interrupted(stop.signum or 2, epoch, consumed, last_path)
-            row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"]}
-            if valid_loader is not None:
-                vm = evaluate(model, valid_loader, ctx=ctx, labels=labels, counts=counts, amp_dtype=amp_dtype,
-                              channels_last=args.channels_last)
-                row.update(valid_loss=vm["log_loss"], valid_acc=vm["accuracy"], valid_rmse=vm["rmse"],
-                           valid_mae=vm["mae"])
-                is_best = stopper.update(vm["log_loss"])
-            else:
-                is_best = True
-            row.update(lr=stats["lr"], train_img_s=stats["train_img_s"], seconds=round(stats["seconds"], 3))
-            history.append(row)
-            if is_best:
-                best_state, best_epoch = cpu_state_dict(model), epoch
-            if stopper.should_stop:
-                finished, stop_reason = True, "early_stopping"
-            elif epoch == args.epochs:
-                finished, stop_reason = True, "completed"
-            checkpoint(epoch, {"epoch": epoch + 1, "sample": 0}, is_best)
-            if main:
-                print(format_epoch_line(epoch, row), flush=True)
-                atomic_write_text(output_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in history))
-            if on_epoch_end is not None and on_epoch_end(epoch, dict(row)) and not finished:
-                finished, stop_reason = True, "stopped_by_hook"
-            if stop_reason == "early_stopping" and main:
+        for epoch in range(p.start_epoch, args.epochs + 1):
+            stats = _train_epoch(epoch, args, ctx, t, data, p, ckpts, loader, steps, stop)
+            row = _end_epoch(epoch, stats, args, ctx, t, data, p, ckpts, valid_loader)
+            if on_epoch_end is not None and on_epoch_end(epoch, dict(row)) and not p.finished:
+                p.finished, p.stop_reason = True, "stopped_by_hook"
+            if p.stop_reason == "early_stopping" and ctx.is_main:
                 log.info("early stopping: no lower valid loss for %d epochs (best %.4f at epoch %d)",
-                         stopper.bad_epochs, stopper.best, best_epoch)
-            if stop() and not finished:
-                raise Interrupted(stop.signum or 2, epoch + 1, 0, last_path)
+                         p.stopper.bad_epochs, p.stopper.best, p.best_epoch)
+            if stop() and not p.finished:
+                raise RunInterrupted(stop.signum or 2, epoch + 1, 0, ckpts.last)
+            if p.finished:
+                break
 
-    # ---- the best model: evaluate, write
-    if best_state is None:
-        best_state, best_epoch = cpu_state_dict(model), (history[-1]["epoch"] if history else 0)
-    unwrap(model).load_state_dict(best_state)
-    checksums = D.gather_objects(ctx, _weights_checksum(best_state))
+
+def _train_epoch(epoch: int, args: argparse.Namespace, ctx: D.DistContext, t: Training, data: Data, p: Progress,
+                 ckpts: Checkpoints, loader, steps: int, stop: StopSignal) -> dict[str, Any]:
+    """Train one epoch (the rest of it, when resuming mid-epoch); a signal mid-epoch saves and raises."""
+    first = epoch == p.start_epoch
+    sample0 = p.start_sample if first else 0
+    data.train_sampler.set_epoch(epoch, sample0)
+    step_size = args.batch_size * ctx.world_size
+    first_step = sample0 // step_size
+    stats = train_one_epoch(
+        t.model, loader, t.criterion, t.optimizer, t.schedule, epoch=epoch, steps_per_epoch=steps, ctx=ctx,
+        first_step=first_step, carry=p.carry if first else None, scaler=t.scaler, amp_dtype=t.amp_dtype,
+        channels_last=args.channels_last, should_stop=stop,
+        on_step=_ProgressPrinter(epoch, steps, args.log_interval, ctx.is_main))
+    D.sync_buffers(ctx, t.model)
+    if not stats["completed"]:
+        consumed = sample0 + (stats["steps"] - first_step) * step_size
+        totals = {"loss_sum": stats["train_loss"] * stats["images"], "correct": stats["train_acc"] *
+                  stats["images"], "n": float(stats["images"]), "seconds": stats["seconds"]}
+        ckpts.save(t, p, epoch - 1, {"epoch": epoch, "sample": consumed}, False, totals)
+        raise RunInterrupted(stop.signum or 2, epoch, consumed, ckpts.last)
+    return stats
+
+
+def _end_epoch(epoch: int, stats: dict[str, Any], args: argparse.Namespace, ctx: D.DistContext, t: Training,
+               data: Data, p: Progress, ckpts: Checkpoints, valid_loader) -> dict[str, Any]:
+    """Validate, keep the best weights, save the checkpoint, print the epoch line; returns the row."""
+    row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"]}
+    if valid_loader is not None:
+        vm = evaluate(t.model, valid_loader, ctx=ctx, labels=data.spec.labels, counts=data.spec.counts,
+                      amp_dtype=t.amp_dtype, channels_last=args.channels_last)
+        row.update({column: vm[name] for column, name in VALID_COLUMNS.items()})
+        is_best = p.stopper.update(vm["log_loss"])
+    else:
+        is_best = True
+    row.update(lr=stats["lr"], train_img_s=stats["train_img_s"], seconds=round(stats["seconds"], 3))
+    p.history.append(row)
+    if is_best:
+        p.best_state, p.best_epoch = cpu_state_dict(t.model), epoch
+    if p.stopper.should_stop:
+        p.finished, p.stop_reason = True, "early_stopping"
+    elif epoch == args.epochs:
+        p.finished, p.stop_reason = True, "completed"
+    ckpts.save(t, p, epoch, {"epoch": epoch + 1, "sample": 0}, is_best)
+    if ctx.is_main:
+        print(format_epoch_line(epoch, row), flush=True)
+        atomic_write_text(Path(args.output_dir) / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in p.history))
+    return row
+
+
+# ---------------------------------------------------------------- the end: best model, metrics, outputs
+def final_evaluation(args: argparse.Namespace, ctx: D.DistContext, t: Training, data: Data, p: Progress,
+                     valid_loader) -> dict[str, Any]:
+    """Load the best weights (checking every rank has the same), evaluate them; returns the metrics dict."""
+    if p.best_state is None:
+        p.best_state, p.best_epoch = cpu_state_dict(t.model), (p.history[-1]["epoch"] if p.history else 0)
+    unwrap(t.model).load_state_dict(p.best_state)
+    checksums = D.gather_objects(ctx, _weights_checksum(p.best_state))
     if len(set(checksums)) > 1:
         raise TrainError(f"the {ctx.world_size} ranks ended with different weights ({checksums}): DDP went out of sync")
-    if main and ctx.distributed:
+    if ctx.is_main and ctx.distributed:
         log.info("ranks agree: %d ranks, best weights checksum %s", ctx.world_size, checksums[0])
+    spec = data.spec
     results: dict[str, Any] = {}
-    for split, ds in (("valid", valid_set), ("test", test_set)):
+    for split, ds in (("valid", data.valid_set), ("test", data.test_set)):
         if len(ds):
-            loader = valid_loader if split == "valid" else eval_loader(ds)
-            results[split] = evaluate(model, loader, ctx=ctx, labels=labels, counts=counts, amp_dtype=amp_dtype,
-                                      channels_last=args.channels_last)
-    base_split = "test" if test_samples else ("valid" if valid_samples else None)
-    if base_split:
-        results["baseline"] = baseline_metrics(train_set.targets, (test_set if test_samples else valid_set).targets,
-                                               labels, counts)
-        results["baseline"]["split"] = base_split
-    metrics = {
-        "arch": args.model, "classes": str(spec), "labels": labels, "counts": counts,
-        "best_epoch": best_epoch, "epochs_run": len(history), "stop_reason": stop_reason,
-        "history": history, "hyperparameters": _plain(hyperparameters(args)),
-        "train": {"n": len(train_set)}, **results,
+            loader = valid_loader if split == "valid" else eval_loader(ds, args, ctx)
+            results[split] = evaluate(t.model, loader, ctx=ctx, labels=spec.labels, counts=spec.counts,
+                                      amp_dtype=t.amp_dtype, channels_last=args.channels_last)
+    base = data.test_set if len(data.test_set) else data.valid_set
+    if len(base):
+        results["baseline"] = baseline_metrics(data.train_set.targets, base.targets, spec.labels, spec.counts)
+        results["baseline"]["split"] = "test" if base is data.test_set else "valid"
+    return {
+        "arch": args.model, "classes": str(spec), "labels": spec.labels, "counts": spec.counts,
+        "best_epoch": p.best_epoch, "epochs_run": len(p.history), "stop_reason": p.stop_reason,
+        "history": p.history, "hyperparameters": _plain(hyperparameters(args)),
+        "train": {"n": len(data.train_set)}, **results,
     }
-    if main:
-        _write_outputs(model_dir, output_dir, best_state, metrics, args, spec)
-        line = " ".join(f"{s}_{k}={results[s][k]:.4f}" for s in ("valid", "test") if s in results
-                        for k in ("accuracy", "log_loss", "rmse", "mae"))
-        log.info("best epoch %d: %s; model in %s", best_epoch, line, model_dir)
-    D.barrier(ctx)
-    return metrics
 
 
 def _plain(obj: Any) -> Any:
@@ -471,31 +564,71 @@ def _plain(obj: Any) -> Any:
     return obj if obj is None or isinstance(obj, bool | int | float | str) else str(obj)
 
 
-def _write_outputs(model_dir: Path, output_dir: Path, state: dict[str, torch.Tensor], metrics: dict[str, Any],
-                   args: argparse.Namespace, spec: ClassSpec) -> None:
-    import io
-
+def write_outputs(dirs: Dirs, state: dict[str, torch.Tensor], metrics: dict[str, Any], args: argparse.Namespace,
+                  spec: ClassSpec) -> None:
+    """model.pth + model_info.json in the model dir; metrics.json and the PNGs in the output dir."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(model_dir / WEIGHTS_FILE, buf.getvalue())
+    atomic_write_bytes(dirs.model / WEIGHTS_FILE, buf.getvalue())
     info = {
         "arch": args.model, "classes": str(spec), "labels": spec.labels, "counts": spec.counts,
         "image_size": args.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "best_epoch": metrics["best_epoch"], "hyperparameters": metrics["hyperparameters"],
         "metrics": {s: summary(metrics[s]) for s in ("valid", "test", "baseline") if s in metrics},
     }
-    atomic_write_json(model_dir / MODEL_INFO_FILE, info)
-    atomic_write_json(output_dir / METRICS_FILE, metrics)
+    atomic_write_json(dirs.model / MODEL_INFO_FILE, info)
+    atomic_write_json(dirs.output / METRICS_FILE, metrics)
     if metrics["history"]:
-        write_curves_png(output_dir / CURVES_PNG, metrics["history"])
+        write_curves_png(dirs.output / CURVES_PNG, metrics["history"])
     split = "test" if "test" in metrics else ("valid" if "valid" in metrics else None)
     if split:
-        write_confusion_png(output_dir / CONFUSION_PNG, metrics[split], f"confusion matrix ({split} split)")
+        write_confusion_png(dirs.output / CONFUSION_PNG, metrics[split], f"confusion matrix ({split} split)")
+
+
+# ---------------------------------------------------------------- main
+def run(args: argparse.Namespace, on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None
+        ) -> dict[str, Any]:
+    """Train (or resume, or --eval-only), then write the model and metrics. Returns the metrics dict.
+
+    on_epoch_end(epoch, row) is called on every rank after each epoch's checkpoint is saved;
+    returning True stops training there (the model is still written); an exception it raises
+    (e.g. optuna.TrialPruned) propagates. Raises RunInterrupted after SIGINT/SIGTERM.
+    """
+    ctx = D.init_distributed(args.device)
+    try:
+        return train(args, ctx, on_epoch_end)
+    finally:
+        D.cleanup(ctx)
+
+
+def train(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end=None) -> dict[str, Any]:
+    """The run, top to bottom: arguments -> data -> model and optimizer -> resume -> epochs -> outputs."""
+    spec = check_args(args)
+    dirs = Dirs.from_args(args)
+    if ctx.is_main:
+        log_start(args, ctx)
+        sweep_leftovers(dirs)
+    _seed_everything(args.seed)
+    data = load_data(args, spec, ctx)
+    t = build_training(args, spec, ctx)
+    ckpts = Checkpoints(dirs.checkpoints, args, ctx, data)
+    p = resume(ckpts, t)
+    if ctx.distributed:
+        t.model = nn.parallel.DistributedDataParallel(t.model, device_ids=[ctx.device.index] if _pin(ctx) else None)
+    valid_loader = eval_loader(data.valid_set, args, ctx) if len(data.valid_set) else None
+    train_epochs(args, ctx, t, data, p, ckpts, valid_loader, on_epoch_end)
+    metrics = final_evaluation(args, ctx, t, data, p, valid_loader)
+    if ctx.is_main:
+        write_outputs(dirs, p.best_state, metrics, args, spec)
+        line = " ".join(f"{s}_{k}={metrics[s][k]:.4f}" for s in ("valid", "test") if s in metrics for k in SUMMARY)
+        log.info("best epoch %d: %s; model in %s", p.best_epoch, line, dirs.model)
+    D.barrier(ctx)
+    return metrics
 
 
 def _one_line(exc: BaseException) -> str:
     """The message of an expected error, also when a DataLoader worker raised it (then torch wraps
-    it in 'Caught DataError in DataLoader worker process 0. Original Traceback ...')."""
+    it in 'Caught InputDataError in DataLoader worker process 0. Original Traceback ...')."""
     text = str(exc).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
@@ -513,10 +646,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.warning("ignoring unknown arguments: %s", " ".join(unknown))  # e.g. SageMaker's _tuning_objective_metric
     try:
         run(args)
-    except Interrupted as exc:
+    except RunInterrupted as exc:
         log.warning("%s", exc)
         sys.exit(128 + exc.signum)
-    except DataError as exc:
+    except InputDataError as exc:
         log.error("error: %s", _one_line(exc))
         sys.exit(2)
     except TrainError as exc:

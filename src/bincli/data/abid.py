@@ -1,9 +1,10 @@
-"""The Amazon Bin Image Dataset: bucket layout, ids, metadata and the Udacity subset list.
+"""The Amazon Bin Image Dataset: bucket layout, ids, metadata, the photo rules and the Udacity subset list.
 
 One place for the facts in shared/ABID.md that code relies on:
   - bucket `aft-vbi-pds`, keys `bin-images/<id>.jpg` and `metadata/<id>.json`;
   - ids are STRINGS ("00002", "100313", and a few unpadded ones like "1000"): never int() them;
-  - the label is the metadata's `EXPECTED_QUANTITY`.
+  - the label is the metadata's `EXPECTED_QUANTITY`;
+  - photos are JPEGs well under 1 MP, metadata a few kB: anything far bigger is refused unread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bincli.errors import DataError
 
@@ -27,6 +28,11 @@ LABEL_KEY = "EXPECTED_QUANTITY"
 # Local layout of downloaded data (the data contract other steps read).
 IMAGES_DIR = "images"
 METADATA_DIR = "metadata"
+
+# Caps far above real ABID files (photos < 1 MP and < 1 MB, metadata ~8 kB at most in the sample)
+# and far below what would exhaust memory: a decompression bomb or a junk file is one bad id.
+MAX_IMAGE_PIXELS = 25_000_000
+MAX_METADATA_BYTES = 1 << 20
 
 _ID = re.compile(r"^[0-9]{1,9}$")
 
@@ -55,6 +61,23 @@ def metadata_key(id_: str) -> str:
     return f"{METADATA_PREFIX}{id_}{METADATA_SUFFIX}"
 
 
+def image_rel(id_: str) -> str:
+    """The image's path relative to a local data root: `images/<id>.jpg` (as manifests hold it)."""
+    return f"{IMAGES_DIR}/{id_}{IMAGE_SUFFIX}"
+
+
+def metadata_rel(id_: str) -> str:
+    return f"{METADATA_DIR}/{id_}{METADATA_SUFFIX}"
+
+
+def local_ids(root: Path, only: set[str] | None = None) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The ids of a local data root: ({id: metadata file}, {id: image file}), of `only` if given."""
+    def found(folder: str, suffix: str) -> dict[str, Path]:
+        return {p.stem: p for p in (root / folder).glob(f"*{suffix}") if only is None or p.stem in only}
+
+    return found(METADATA_DIR, METADATA_SUFFIX), found(IMAGES_DIR, IMAGE_SUFFIX)
+
+
 def id_from_key(key: str) -> str | None:
     """The id of a bucket key (`metadata/00002.json` -> "00002"), or None for other keys."""
     for prefix, suffix in ((METADATA_PREFIX, METADATA_SUFFIX), (IMAGE_PREFIX, IMAGE_SUFFIX)):
@@ -64,6 +87,7 @@ def id_from_key(key: str) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- metadata and the label rule
 def label_of(metadata: Any) -> int:
     """`EXPECTED_QUANTITY` of a parsed metadata document; ValueError if absent or not a count."""
     count = metadata.get(LABEL_KEY) if isinstance(metadata, dict) else None
@@ -73,26 +97,75 @@ def label_of(metadata: Any) -> int:
 
 
 def parse_metadata(data: bytes | str) -> dict[str, Any]:
-    """Parse one metadata document and check it has a label; ValueError otherwise."""
+    """Parse one metadata document and check it has a label; ValueError saying what is wrong."""
+    if len(data) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata too large ({len(data):,} bytes, over {MAX_METADATA_BYTES:,}; "
+                         "ABID metadata is a few kB)")
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+        raise ValueError(f"metadata is not valid JSON ({str(exc).splitlines()[0][:80]})") from None
     label_of(doc)
     return doc
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Read and check one metadata file; DataError naming the file if it is unusable."""
-    path = Path(path)
+def read_label(source: str | Path | IO[bytes]) -> int:
+    """The label of one metadata file (a path or an open binary file), reading no more than the
+    cap allows. OSError if it cannot be read; ValueError saying what is wrong with it."""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as f:
+            return read_label(f)
+    return label_of(parse_metadata(source.read(MAX_METADATA_BYTES + 1)))
+
+
+# ---------------------------------------------------------------- photos
+class BadImage(ValueError):
+    """A photo that breaks the rules. kind: corrupt | too_large."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def check_photo(source: str | Path | IO[bytes], decode: bool = False) -> None:
+    """An ABID photo: a JPEG of at most MAX_IMAGE_PIXELS, whose header and markers Pillow accepts
+    (`verify`), or with `decode`, that decodes whole (at 1/8 scale: fast, still reads every
+    byte). Raises BadImage with the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    too_large = f"over {MAX_IMAGE_PIXELS:,} pixels; ABID photos are under 1 MP"
     try:
-        return parse_metadata(path.read_bytes())
+        with Image.open(source) as im:
+            if im.format != "JPEG":
+                raise BadImage("corrupt", f"not a JPEG ({im.format})")
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise BadImage("too_large", f"image too large ({width}x{height} pixels, {too_large})")
+            if decode:
+                im.draft("RGB", (width // 8 or 1, height // 8 or 1))
+                im.load()
+            else:
+                im.verify()
+    except Image.DecompressionBombError:
+        raise BadImage("too_large", f"image too large ({too_large})") from None
+    except UnidentifiedImageError:
+        raise BadImage("corrupt", "not an image") from None
+    except BadImage:
+        raise
     except OSError as exc:
-        raise DataError(f"{path}: cannot read metadata ({exc.strerror})") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: {exc}") from None
+        if exc.errno is not None:  # the file itself could not be read: not the photo's fault
+            raise
+        raise BadImage("corrupt", f"corrupt image ({_first_line(exc)})") from None
+    except Exception as exc:  # a parser fed hostile bytes may fail any way: the file is bad, not bincli
+        raise BadImage("corrupt", f"corrupt image ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:80]
+
+
+# ---------------------------------------------------------------- id lists
 def read_file_list(path: str | Path) -> dict[str, list[str]]:
     """The Udacity subset list `{"1": ["data/metadata/100313.json", ...], ...}` as {class: [ids]}.
 

@@ -14,9 +14,12 @@ plus `download-report.json` (every failure by id), `download-ids.txt` (the ids o
 that are complete) and `.download-index.json` (size, mtime and label of each verified file).
 
 Fast: one shared boto3 client, a thread pool of `workers`, a connection pool to match, bodies
-streamed to disk. Safe: each file goes to a temp name beside its target and is renamed only
-after its size (Content-Length) and content (a whole JPEG: Pillow verify + end marker; JSON
-with a label) check out, so an interrupted run never leaves a half file under a final name.
+streamed to disk a chunk at a time. Safe: each file goes to a temp name beside its target and is
+renamed only after its size (Content-Length) and content (a whole JPEG of a sane size: Pillow
+verify + end marker; JSON with a label) check out, so an interrupted run never leaves a half file
+under a final name. An object over `max_object_mb` is refused on its Content-Length (or cut off
+as it streams) and counts as one failed id, like a corrupt or missing one. A local write error
+(disk full, read-only) stops the run with one line naming the path.
 A rerun trusts files the index knows (same size and mtime: a stat, no read), checks the others
 locally, and fetches only what is missing or bad. Files are not fsync'd one by one: one that
 a crash left short or empty fails these checks on the rerun and is fetched again.
@@ -24,6 +27,8 @@ a crash left short or empty fails these checks on the rerun and is fetched again
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
 import threading
@@ -35,22 +40,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bincli import layout
 from bincli.config import DownloadConfig
 from bincli.core.classes import ClassSpec
 from bincli.core.fileio import atomic_write_json, atomic_write_text
 from bincli.data import abid
+from bincli.data.disk import DiskError, writing
 from bincli.data.fetcher import Fetcher, Stats
-from bincli.data.local_store import DiskError, FetchError, LocalStore, check_jpeg, check_metadata
+from bincli.data.local_store import FetchError, LocalStore, check_jpeg, check_metadata
 from bincli.errors import BincliError, DataError, UsageError
 from bincli.progress import Progress
 from bincli.state import State
 
 log = logging.getLogger("bincli.download")
 
-DATA_DIR = "data"
 REPORT_FILE = "download-report.json"
 IDS_FILE = "download-ids.txt"
 PLAN_FILE = ".download-plan.json"
+# (id, count or None, metadata bytes fetched while sampling or None, why it cannot be used or None)
+Candidate = tuple[str, int | None, bytes | None, str | None]
 
 
 class DownloadFailed(BincliError):
@@ -143,7 +151,7 @@ class Downloader:
                 client = make_client(endpoint_url=self.cfg.endpoint_url, unsigned=True, region=abid.REGION,
                                      pool_size=self.cfg.workers + 4, retries=self.cfg.retries, lean=True)
                 self._fetcher = Fetcher(client, self.cfg.bucket, self.store, self.cfg.retries, self.stats,
-                                        self.stop, self.progress)
+                                        self.stop, self.progress, max_bytes=self.cfg.max_object_mb * 2**20)
             return self._fetcher
 
     def close(self, cancel: bool = False) -> None:
@@ -153,10 +161,10 @@ class Downloader:
 
     # ------------------------------------------------------------ one id
     def complete(self, id_: str, metadata: bytes | None = None) -> Outcome:
-        """Make sure <id>.json and <id>.jpg are on disk and sound; fetch what is not."""
-        fetched = False
-        what = "metadata"
+        """Make sure <id>.json and <id>.jpg are on disk and sound; fetch what is not. A file that
+        cannot be had is this id's failure; a local write error (DiskError) stops the run."""
         meta_path, image_path = self.store.metadata_path(id_), self.store.image_path(id_)
+        fetched, label, what = False, None, "metadata"
         try:
             ok, label = self.store.good(meta_path, check_metadata)
             if not ok:
@@ -166,25 +174,23 @@ class Downloader:
                     _, label = self.fetcher.to_file(abid.metadata_key(id_), meta_path, check_metadata, "metadata")
                 fetched = True
             what = "image"
-            ok, _ = self.store.good(image_path, check_jpeg)
-            if not ok:
+            if not self.store.good(image_path, check_jpeg)[0]:
                 self.fetcher.to_file(abid.image_key(id_), image_path, check_jpeg, "image")
                 fetched = True
-        except DiskError as exc:  # the local disk, not the transfer: stop the run
-            raise DataError(str(exc)) from None
+            outcome = Outcome(id_, True, label, fetched)
         except FetchError as exc:
-            # Keep the folder consistent: no metadata without its image (split would flag it).
-            if what == "image":
-                meta_path.unlink(missing_ok=True)
+            if what == "image":  # keep the folder consistent: no metadata without its image
+                with writing(meta_path, exact=True):
+                    meta_path.unlink(missing_ok=True)
                 self.store.forget(meta_path)
             key = abid.image_key(id_) if what == "image" else abid.metadata_key(id_)
-            return Outcome(id_, False, label, fetched,
-                           {"id": id_, "file": what, "key": key, "kind": exc.kind, "reason": exc.reason})
-        finally:
-            self.store.flush()
-        return Outcome(id_, True, label, fetched)
+            outcome = Outcome(id_, False, label, fetched,
+                              {"id": id_, "file": what, "key": key, "kind": exc.kind, "reason": exc.reason})
+        self.store.flush()  # not in a finally: a failed flush must not hide the error that stopped us
+        return outcome
 
-    def _done(self, outcome: Outcome) -> Outcome:
+    def _complete_one(self, id_: str, metadata: bytes | None = None) -> Outcome:
+        outcome = self.complete(id_, metadata)
         self.progress.advance(1, failed=0 if outcome.ok else 1)
         return outcome
 
@@ -201,7 +207,7 @@ class Downloader:
         self.progress.advance(len(outcomes))
         if todo:
             _ = self.fetcher  # make the client once, before the workers need it
-            futures = [self.pool.submit(lambda i=id_: self._done(self.complete(i))) for id_ in todo]
+            futures = [self.pool.submit(self._complete_one, id_) for id_ in todo]
             for fut in futures:
                 out = fut.result()
                 outcomes[out.id] = out
@@ -209,66 +215,40 @@ class Downloader:
 
     # ------------------------------------------------------------ a per-class sample
     def sample(self, selection: Selection, spec: ClassSpec) -> tuple[list[Outcome], dict[str, Any]]:
-        per_class = self.cfg.per_class or 0
-        need = {c: per_class for c in spec.counts}
-        rng = random.Random(self.cfg.seed)
-        skipped: list[dict[str, str]] = []
-        if selection.candidates is not None:
-            order = list(selection.candidates)
-            rng.shuffle(order)
-            stream: Iterator[tuple[str, int | None, bytes | None, str | None]] = (
-                (i, c, None, None) for i, c in order)
-            listed = len(order)
-        else:
-            ids = self._list_bucket_ids()
-            listed = len(ids)
-            rng.shuffle(ids)
-            stream = self._ordered(ids, self._label_of)
-
-        overflow: dict[int, deque] = {c: deque() for c in need}
+        """Rounds: fetch the picks of each class; a pick that fails reopens its slot for the next
+        candidate of its class (the seeded order), until every class is full or nothing is left."""
+        stream, listed = self._candidates(selection)
+        picker = _Picker(stream, spec, self.cfg.per_class or 0)
         outcomes: list[Outcome] = []
-        exhausted = False
-        self.progress.set_total(sum(need.values()))
-        while any(need.values()):
-            round_: list[tuple[Future, int]] = []
-
-            def accept(id_: str, cls: int, meta: bytes | None, round_: list = round_) -> None:
-                need[cls] -= 1
-                round_.append((self.pool.submit(lambda: self._done(self.complete(id_, meta))), cls))
-
-            for cls in need:
-                while need[cls] and overflow[cls]:
-                    accept(*overflow[cls].popleft())
-            while any(need.values()) and not exhausted:
-                try:
-                    id_, count, meta, problem = next(stream)
-                except StopIteration:
-                    exhausted = True
-                    break
-                if problem is not None or count is None:
-                    skipped.append({"id": id_, "reason": problem or "no label"})
-                    continue
-                if not spec.contains(count):
-                    continue
-                cls = spec.bucket(count)
-                if need[cls] > 0:
-                    accept(id_, cls, meta)
-                else:
-                    overflow[cls].append((id_, cls, meta))
+        self.progress.set_total(picker.missing())
+        while picker.missing():
+            # Submitted as picked: images come down while the stream still reads metadata.
+            round_ = [(self.pool.submit(self._complete_one, id_, meta), cls) for id_, cls, meta in picker.picks()]
             refill = 0
             for fut, cls in round_:
                 out = fut.result()
                 outcomes.append(out)
-                if not out.ok:  # its slot goes to the next id of its class, in the seeded order
-                    need[cls] += 1
+                if not out.ok:
+                    picker.reopen(cls)
                     refill += 1
-            if refill and not exhausted:
+            if refill and not picker.exhausted:
                 self.progress.add_total(refill)
-            if exhausted and not any(need[c] and overflow[c] for c in need):
+            if picker.stuck():
                 break
-        shortfall = {str(c): n for c, n in need.items() if n}
-        info = {"listed": listed, "sampling_skipped": skipped, "shortfall": shortfall}
+        info = {"listed": listed, "sampling_skipped": picker.skipped, "shortfall": picker.shortfall()}
         return outcomes, info
+
+    def _candidates(self, selection: Selection) -> tuple[Iterator[Candidate], int]:
+        """The candidates in the seeded order, and how many there are: the file list's ids with
+        their classes, else the bucket's, each labelled (metadata read) only when reached."""
+        rng = random.Random(self.cfg.seed)
+        if selection.candidates is not None:
+            order = list(selection.candidates)
+            rng.shuffle(order)
+            return ((i, c, None, None) for i, c in order), len(order)
+        ids = self._list_bucket_ids()
+        rng.shuffle(ids)
+        return self._ordered(ids, self._label_of), len(ids)
 
     def _list_bucket_ids(self) -> list[str]:
         from bincli.data.s3 import list_objects
@@ -292,7 +272,7 @@ class Downloader:
                             hint="check --bucket and --endpoint-url")
         return ids
 
-    def _label_of(self, id_: str) -> tuple[str, int | None, bytes | None, str | None]:
+    def _label_of(self, id_: str) -> Candidate:
         """The count of one id: from the local metadata if it is there, else fetched (kept in memory)."""
         path = self.store.metadata_path(id_)
         label = self.store.label(id_) if self.store.known_good(path) else None
@@ -324,53 +304,135 @@ class Downloader:
             yield result
 
 
+class _Picker:
+    """Who to fetch for a per-class sample: candidates in the seeded order, each taken while its
+    class needs one and kept aside once the class is full (in case a taken one fails)."""
+
+    def __init__(self, stream: Iterator[Candidate], spec: ClassSpec, per_class: int):
+        self.stream = stream
+        self.spec = spec
+        self.need = {c: per_class for c in spec.counts}
+        self.overflow: dict[int, deque[tuple[str, bytes | None]]] = {c: deque() for c in self.need}
+        self.skipped: list[dict[str, str]] = []
+        self.exhausted = False
+
+    def missing(self) -> int:
+        return sum(self.need.values())
+
+    def picks(self) -> Iterator[tuple[str, int, bytes | None]]:
+        """(id, class, metadata) to fetch now, lazily: those kept aside for reopened slots first,
+        then from the stream until every class is full or it runs out."""
+        for cls, kept in self.overflow.items():
+            while self.need[cls] and kept:
+                yield self._take(cls, *kept.popleft())
+        while self.missing() and not self.exhausted:
+            try:
+                id_, count, meta, problem = next(self.stream)
+            except StopIteration:
+                self.exhausted = True
+                return
+            if problem is not None or count is None:
+                self.skipped.append({"id": id_, "reason": problem or "no label"})
+            elif self.spec.contains(count):
+                cls = self.spec.bucket(count)
+                if self.need[cls]:
+                    yield self._take(cls, id_, meta)
+                else:
+                    self.overflow[cls].append((id_, meta))
+
+    def _take(self, cls: int, id_: str, meta: bytes | None) -> tuple[str, int, bytes | None]:
+        self.need[cls] -= 1
+        return id_, cls, meta
+
+    def reopen(self, cls: int) -> None:
+        """A taken id failed: its slot goes to the next candidate of its class."""
+        self.need[cls] += 1
+
+    def stuck(self) -> bool:
+        """Nothing left to try for the classes that still need ids."""
+        return self.exhausted and not any(self.need[c] and self.overflow[c] for c in self.need)
+
+    def shortfall(self) -> dict[str, int]:
+        return {str(c): n for c, n in self.need.items() if n}
+
+
 # ================================================================ the step
 def run_download(cfg: DownloadConfig, workdir: Path, ids: list[str] | None = None,
                  progress: bool | None = None) -> dict[str, Any]:
     """The whole step. Returns the result (also recorded in state as 'download').
 
     Raises DownloadFailed (with the result) when nothing usable came down, or with
-    `strict` when anything failed; the report is written either way."""
+    `strict` when anything failed; the report is written either way. A local write error
+    (DiskError) stops it with the index of what is already verified saved where it can be."""
     started = time.monotonic()
     selection = select(cfg, ids)
-    data_dir = (Path(workdir) / DATA_DIR).resolve()
+    data_dir = (Path(workdir) / layout.DATA_DIR).resolve()
     store = LocalStore(data_dir)
     stale = store.prepare()
     if stale:
         log.info("removed %d partial file(s) left by an interrupted run", stale)
     spec = ClassSpec.parse(cfg.classes)
-    source = f"s3://{cfg.bucket}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
-    plan_key = {"bucket": cfg.bucket, "endpoint_url": cfg.endpoint_url, "file_list": str(cfg.file_list or ""),
-                "classes": str(spec), "per_class": cfg.per_class, "seed": cfg.seed}
     total = len(selection.ids) if selection.ids is not None else (cfg.per_class or 0) * spec.num_classes
     bar = Progress("download", total=total, unit="images", enabled=progress)
     dl = Downloader(cfg, store, bar)
-    info: dict[str, Any] = {}
-    interrupted = True
+    plan_key = _plan_key(cfg, spec)
     try:
         with bar:
-            if selection.ids is not None:
-                outcomes = dl.fixed(selection.ids)
-            else:
-                outcomes = _from_plan(store, plan_key)
-                if outcomes is not None:
-                    bar.advance(len(outcomes))
-                    info = {"from_plan": True}
-                else:
-                    outcomes, info = dl.sample(selection, spec)
-        interrupted = False
-    finally:
-        dl.close(cancel=interrupted)
-        store.flush(force=True)
+            outcomes, info = _fetch(dl, store, selection, spec, plan_key)
+    except BaseException:
+        dl.close(cancel=True)
+        with contextlib.suppress(DiskError):  # the error that stopped the run is the one to tell
+            store.flush(force=True)
+        raise
+    dl.close()
+    store.flush(force=True)
+    result = _report(cfg, selection, data_dir, outcomes, info, dl.stats, plan_key, time.monotonic() - started)
+    good = result["images"]
+    if good:
+        outputs = {k: result[k] for k in ("data_dir", "images", "failed", "report", "ids_file", "selection",
+                                          "source", "counts", "bytes", "seconds")}
+        state = State(workdir)
+        with writing(state.path, exact=True):
+            state.record("download", outputs, cfg.model_dump(mode="json"))
+    else:
+        raise DownloadFailed(f"nothing usable came down: {result['failed']} of {len(outcomes)} id(s) failed "
+                             f"(see {result['report']})", result, hint="check --endpoint-url, --bucket and the ids")
+    if cfg.strict and result["failed"]:
+        raise DownloadFailed(f"{result['failed']} id(s) failed and --strict is on (see {result['report']})", result)
+    return result
 
+
+def _plan_key(cfg: DownloadConfig, spec: ClassSpec) -> dict[str, Any]:
+    """What makes a per-class sample the same sample: the same source and the same draw."""
+    return {"bucket": cfg.bucket, "endpoint_url": cfg.endpoint_url, "file_list": str(cfg.file_list or ""),
+            "classes": str(spec), "per_class": cfg.per_class, "seed": cfg.seed}
+
+
+def _fetch(dl: Downloader, store: LocalStore, selection: Selection, spec: ClassSpec,
+           plan_key: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any]]:
+    """Every id of the selection, complete or failed: a fixed list, a finished sample that is still
+    on disk (no requests), or a fresh sample."""
+    if selection.ids is not None:
+        return dl.fixed(selection.ids), {}
+    outcomes = _from_plan(store, plan_key)
+    if outcomes is not None:
+        dl.progress.advance(len(outcomes))
+        return outcomes, {"from_plan": True}
+    return dl.sample(selection, spec)
+
+
+def _report(cfg: DownloadConfig, selection: Selection, data_dir: Path, outcomes: list[Outcome],
+            info: dict[str, Any], stats: Stats, plan_key: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Write the plan, the ids file and the report (each atomically); return the step's result."""
     good = [o for o in outcomes if o.ok]
     failures = [o.failure for o in outcomes if o.failure]
-    if selection.mode == "per_class" and not info.get("from_plan") and good:
-        atomic_write_json(data_dir / PLAN_FILE, {"key": plan_key, "ids": {o.id: o.label for o in good}})
-    ids_path = atomic_write_text(data_dir / IDS_FILE, "".join(f"{o.id}\n" for o in good))
-    counts = Counter(o.label for o in good if o.label is not None)
-    elapsed = time.monotonic() - started
     report_path = data_dir / REPORT_FILE
+    if selection.mode == "per_class" and not info.get("from_plan") and good:
+        with writing(data_dir / PLAN_FILE, exact=True):
+            atomic_write_json(data_dir / PLAN_FILE, {"key": plan_key, "ids": {o.id: o.label for o in good}})
+    with writing(data_dir / IDS_FILE, exact=True):
+        ids_path = atomic_write_text(data_dir / IDS_FILE, "".join(f"{o.id}\n" for o in good))
+    counts = Counter(o.label for o in good if o.label is not None)
     result: dict[str, Any] = {
         "data_dir": str(data_dir),
         "images": len(good),
@@ -379,36 +441,26 @@ def run_download(cfg: DownloadConfig, workdir: Path, ids: list[str] | None = Non
         "ids_file": str(ids_path),
         "selection": selection.mode,
         "describe": selection.describe,
-        "source": source,
+        "source": f"s3://{cfg.bucket}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else ""),
         "fetched": sum(o.fetched and o.ok for o in good),
         "present": sum(not o.fetched for o in good),
-        "bytes": dl.stats.nbytes,
-        "requests": dict(dl.stats.requests),
-        "retries": dl.stats.retries,
-        "seconds": round(elapsed, 3),
+        "bytes": stats.nbytes,
+        "requests": dict(stats.requests),
+        "retries": stats.retries,
+        "seconds": round(seconds, 3),
         "counts": {str(k): counts[k] for k in sorted(counts)},
         "shortfall": info.get("shortfall", {}),
         "failures": failures,
     }
-    atomic_write_json(report_path, {**result, "sampling_skipped": info.get("sampling_skipped", []),
-                                    "listed": info.get("listed")})
-    if good:
-        outputs = {k: result[k] for k in ("data_dir", "images", "failed", "report", "ids_file", "selection",
-                                          "source", "counts", "bytes", "seconds")}
-        State(workdir).record("download", outputs, cfg.model_dump(mode="json"))
-    if not good:
-        raise DownloadFailed(f"nothing usable came down: {len(failures)} of {len(outcomes)} id(s) failed "
-                             f"(see {report_path})", result, hint="check --endpoint-url, --bucket and the ids")
-    if cfg.strict and failures:
-        raise DownloadFailed(f"{len(failures)} id(s) failed and --strict is on (see {report_path})", result)
+    with writing(report_path, exact=True):
+        atomic_write_json(report_path, {**result, "sampling_skipped": info.get("sampling_skipped", []),
+                                        "listed": info.get("listed")})
     return result
 
 
 def _from_plan(store: LocalStore, key: dict[str, Any]) -> list[Outcome] | None:
     """A per-class sample that already completed with the same settings: reuse it if every file
     is still there and verified (no listing, no requests)."""
-    import json
-
     try:
         plan = json.loads((store.root / PLAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

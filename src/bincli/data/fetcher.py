@@ -1,8 +1,10 @@
 """GETs of single objects for `download`, streamed into the local store, with the retries
-botocore does not do itself."""
+botocore does not do itself and a size cap (an object far bigger than any ABID file is one
+failed id, refused on its Content-Length or cut off as soon as it streams past the cap)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import threading
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bincli.data.local_store import FetchError, Interrupted, LocalStore
+from bincli.data.local_store import Check, FetchError, Interrupted, LocalStore
 from bincli.progress import Progress
 
 log = logging.getLogger("bincli.download")
@@ -38,8 +40,9 @@ class Fetcher:
     (Throttling, 5xx and connect/read timeouts on the request are retried by botocore.)"""
 
     def __init__(self, client: Any, bucket: str, store: LocalStore, retries: int, stats: Stats,
-                 stop: threading.Event, progress: Progress | None = None):
+                 stop: threading.Event, progress: Progress | None = None, max_bytes: int | None = None):
         self.client = client
+        self.max_bytes = max_bytes
         self.bucket = bucket
         self.store = store
         self.retries = retries
@@ -47,16 +50,17 @@ class Fetcher:
         self.stop = stop
         self.progress = progress
 
-    def to_file(self, key: str, dest: Path, check: Callable[[bytes], Any], kind: str) -> tuple[int, Any]:
+    def to_file(self, key: str, dest: Path, check: Check, kind: str) -> tuple[int, Any]:
         return self._get(key, kind, lambda chunks, expected: self.store.write(dest, chunks, expected, check,
                                                                                self.stop))
 
-    def to_memory(self, key: str, check: Callable[[bytes], Any], kind: str) -> tuple[bytes, Any]:
+    def to_memory(self, key: str, check: Check, kind: str) -> tuple[bytes, Any]:
+        """For small objects (metadata while sampling): kept in memory, still under the cap."""
         def sink(chunks: Iterable[bytes], expected: int | None) -> tuple[bytes, Any]:
             data = b"".join(chunks)
             if expected is not None and len(data) != expected:
                 raise FetchError("short", f"got {len(data)} bytes, Content-Length says {expected}")
-            return data, check(data)
+            return data, check(io.BytesIO(data))
 
         return self._get(key, kind, sink)
 
@@ -81,7 +85,10 @@ class Fetcher:
                 resp = self.client.get_object(Bucket=self.bucket, Key=key)
                 body = resp["Body"]
                 try:
-                    return sink(self._counted(body.iter_chunks(CHUNK)), resp.get("ContentLength"))
+                    size = resp.get("ContentLength")
+                    if size is not None:
+                        self._within_cap(size)  # refused before a byte of the body is read
+                    return sink(self._counted(body.iter_chunks(CHUNK)), size)
                 finally:
                     body.close()
             except ClientError as exc:
@@ -105,10 +112,20 @@ class Fetcher:
             if self.stop.wait(random.uniform(0, min(20.0, 0.5 * 2**attempt))):
                 raise Interrupted()
 
+    def _within_cap(self, nbytes: int, streamed: bool = False) -> None:
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            size = "streamed past" if streamed else f"is {nbytes / 2**20:.1f} MB, over"
+            raise FetchError("too_large", f"object {size} the download.max_object_mb cap of "
+                                          f"{self.max_bytes / 2**20:g} MB (ABID files are under 1 MB)")
+
     def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The body's chunks, counted; cut off once past the cap (a server may send no length, or lie)."""
+        total = 0
         for chunk in chunks:
             if self.stop.is_set():
                 raise Interrupted()
+            total += len(chunk)
+            self._within_cap(total, streamed=True)
             with self.stats.lock:
                 self.stats.nbytes += len(chunk)
             if self.progress is not None:

@@ -124,46 +124,14 @@ def list_objects(client: Any, bucket: str, prefix: str, split_after: list[str] |
     range is paged on its own through `map_fn` (a thread pool's map). 536K ABID keys take
     ~540 sequential page requests; cut in 100 ranges they take about as long as 11.
     `on_page()` is called once per request (for request counting)."""
-    keep = project or (lambda obj: obj)
-
-    def page(start_after: str | None, token: str | None) -> dict:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        if token:
-            kwargs["ContinuationToken"] = token
-        elif start_after:
-            kwargs["StartAfter"] = start_after
-        if on_page is not None:
-            on_page()
-        return client.list_objects_v2(**kwargs)
-
-    def take(objs: list[dict[str, Any]], out: list[Any]) -> None:
-        for obj in objs:
-            item = keep(obj)
-            if item is not None:
-                out.append(item)
-
-    def list_range(bounds: tuple[str, str | None]) -> list[Any]:
-        start_after, end = bounds
-        out: list[Any] = []
-        token = None
-        while True:
-            resp = page(start_after, token)
-            objs = resp.get("Contents", [])
-            if end is not None and objs and objs[-1]["Key"] >= end:
-                take([obj for obj in objs if obj["Key"] < end], out)
-                return out
-            take(objs, out)
-            if not resp.get("IsTruncated"):
-                return out
-            token = resp.get("NextContinuationToken")
-
+    lister = _Lister(client, bucket, prefix, page_size, on_page, project)
     found: list[Any] = []
     token = None
     last = ""
     for _ in range(2):  # two pages one after the other: a small listing never fans out
-        resp = page(None, token)
+        resp = lister.page(None, token)
         objs = resp.get("Contents", [])
-        take(objs, found)
+        lister.take(objs, found)
         last = objs[-1]["Key"] if objs else last
         if not resp.get("IsTruncated"):
             return found
@@ -171,6 +139,48 @@ def list_objects(client: Any, bucket: str, prefix: str, split_after: list[str] |
     cuts = sorted(b for b in (split_after or []) if b > last)
     ranges: list[tuple[str, str | None]] = [(last, cuts[0] if cuts else None)]
     ranges += zip(cuts, [*cuts[1:], None], strict=True)
-    for part in map_fn(list_range, ranges):  # in order: the result stays sorted by key
+    for part in map_fn(lister.key_range, ranges):  # in order: the result stays sorted by key
         found.extend(part)
     return found
+
+
+class _Lister:
+    """Pages of one listing (ListObjectsV2), kept as `project` makes them."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, page_size: int, on_page: Any, project: Any):
+        self.client = client
+        self.base = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        self.on_page = on_page
+        self.keep = project or (lambda obj: obj)
+
+    def page(self, start_after: str | None, token: str | None) -> dict:
+        kwargs: dict[str, Any] = dict(self.base)
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
+        if self.on_page is not None:
+            self.on_page()
+        return self.client.list_objects_v2(**kwargs)
+
+    def take(self, objs: list[dict[str, Any]], out: list[Any]) -> None:
+        for obj in objs:
+            item = self.keep(obj)
+            if item is not None:
+                out.append(item)
+
+    def key_range(self, bounds: tuple[str, str | None]) -> list[Any]:
+        """The objects after `start_after` and before `end` (None: to the end), page by page."""
+        start_after, end = bounds
+        out: list[Any] = []
+        token = None
+        while True:
+            resp = self.page(start_after, token)
+            objs = resp.get("Contents", [])
+            if end is not None and objs and objs[-1]["Key"] >= end:
+                self.take([obj for obj in objs if obj["Key"] < end], out)
+                return out
+            self.take(objs, out)
+            if not resp.get("IsTruncated"):
+                return out
+            token = resp.get("NextContinuationToken")

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bincli.config import UploadConfig
+from bincli.core.contract import SPLITS
 from bincli.data.s3 import explain, join_key, list_objects, make_client, parse_s3_uri
 from bincli.errors import BincliError, ConfigError, DataError
 from bincli.progress import Progress
@@ -40,7 +41,6 @@ from bincli.state import State
 
 log = logging.getLogger("bincli.upload")
 
-SPLITS = ("train", "valid", "test")
 PART_SIZE = 8 * 1024 * 1024  # multipart threshold and part size (boto3's default)
 SHA256_META = "sha256"  # x-amz-meta-sha256
 

@@ -38,7 +38,7 @@ def _samples(split: dict[str, Any], name: str, spec):
         raise UsageError(f"--split {name}: the split has no such manifest (it has: {', '.join(manifests) or 'none'})")
     try:
         samples = data.read_manifest(manifests[name], spec, split.get("data_root"))
-    except (OSError, data.DataError) as exc:
+    except (OSError, data.InputDataError) as exc:
         raise DataError(str(exc), hint="run 'bincli split' again") from None
     if not samples:
         raise DataError(f"{manifests[name]}: the {name} split is empty",

@@ -58,11 +58,11 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
 class InProcessPredictor:
     """The model loaded in this process (imports torch), answering through the same handler."""
 
-    def __init__(self, model_tar: Path):
+    def __init__(self, model_tar: Path, workdir: Path | None = None):
         from bincli.artifacts.loader import load_model, warm_up
 
         self.where = str(model_tar)
-        self.model, self._tmp = load_model(Path(model_tar))
+        self.model, self._tmp = load_model(Path(model_tar), workdir)  # extracted inside workdir
         warm_up(self.model)
 
     def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def open_predictor(cfg: Config, endpoint: str | None = None, endpoint_url: str |
     if model is not None:
         if endpoint or endpoint_url:
             raise UsageError("--model predicts in-process: do not combine it with --endpoint/--endpoint-url")
-        return InProcessPredictor(Path(model))
+        return InProcessPredictor(Path(model), cfg.workdir)
     from bincli.backends import get_backend
 
     return get_backend(cfg).runtime_client(endpoint or cfg.predict.endpoint, endpoint_url or cfg.predict.endpoint_url)

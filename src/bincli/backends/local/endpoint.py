@@ -1,18 +1,22 @@
 """`bincli deploy` / `teardown` for the local backend: the endpoint as a background process.
 
 deploy starts `python -m bincli.backends.local.server` in its own session (it outlives the shell that started it),
-waits until /ping answers, and records {"name", "url", "pid", "model", "port", ...} under state
-"deploy", with the process's start time and command line. teardown stops that process only if it
-is still the one deploy started (same pid, start time and command line: a reused pid is never
-signalled), removes `<workdir>/endpoints/<name>/` and the state record. A second teardown finds
-nothing to remove. One endpoint per workspace.
+records it under state "deploy" at once ({"name", "pid", "model", ..., "url": null, "starting": true}, with
+the process's start time and command line), waits until /ping answers, then records its "url" and "port".
+Interrupted (Ctrl-C) or failed while waiting, it stops the server and clears the record; killed, it leaves
+a record that teardown acts on, never a server that nothing knows of. teardown stops that process only if
+it is still the one deploy started (same pid, start time and command line: a reused pid is never
+signalled), removes `<workdir>/endpoints/<name>/` (its log, its extracted model) and the state record. A
+second teardown finds nothing to remove. One endpoint per workspace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +59,10 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
     existing = state.outputs("deploy")
     if existing is not None:
         if is_running(existing):
+            if existing.get("url") is None:
+                raise BincliError(f"endpoint '{existing['name']}' (pid {existing['pid']}) is starting, or was "
+                                  f"left starting by a deploy that was killed",
+                                  hint="wait for that deploy, or run 'bincli teardown' to stop it")
             if existing["name"] != d.name:
                 raise BincliError(f"endpoint '{existing['name']}' is already running at {existing['url']} "
                                   f"in {cfg.workdir} (one endpoint per workspace)",
@@ -73,6 +81,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
     elif update:
         info(f"--update: no endpoint '{d.name}' is running; starting one")
 
+    _warn_if_exposed(host)
     if port != 0:
         _check_port_free(host, port)
     ep_dir = endpoint_dir(cfg.workdir, d.name)
@@ -82,7 +91,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
     if foreground:
         return _run_foreground(cfg, state, base, port)
     try:
-        record = _start_background(cfg, base, port, ep_dir)
+        record = _start_background(cfg, state, base, port, ep_dir)
     except BincliError as exc:
         if replaced:
             exc.message += f" (the previous server, model {replaced}, was already stopped)"
@@ -107,6 +116,18 @@ def _model_path(cfg: Config, state: State, model: Path | None) -> Path:
     return path
 
 
+def _warn_if_exposed(host: str) -> None:
+    """One warning when the endpoint listens beyond this machine: it has no authentication."""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False  # a host name: it may resolve to anything
+    if not local:
+        # Straight to stderr, not through the -q-able console: a security warning is not progress chatter.
+        sys.stderr.write(f"warning: deploy.host {host}: the endpoint has no authentication and answers anyone who "
+                         f"can reach this machine; use 127.0.0.1 unless that is intended\n")
+
+
 def _check_port_free(host: str, port: int) -> None:
     from bincli.backends.local.server import bind
 
@@ -117,38 +138,59 @@ def _check_port_free(host: str, port: int) -> None:
                          hint="pick another port with --port, or --port 0 for a free one") from None
 
 
-def _start_background(cfg: Config, base: dict[str, Any], port: int, ep_dir: Path) -> dict[str, Any]:
+def _start_background(cfg: Config, state: State, base: dict[str, Any], port: int, ep_dir: Path) -> dict[str, Any]:
+    d = cfg.deploy
     log_path, runtime_file = ep_dir / LOG_FILE, ep_dir / RUNTIME_FILE
     runtime_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "bincli.backends.local.server", "--model", base["model"], "--name", base["name"],
            "--host", base["host"], "--port", str(port), "--threads", str(base["threads"]),
+           "--body-timeout", str(d.body_timeout), "--keep-alive-timeout", str(d.keep_alive_timeout),
+           "--max-connections", str(d.max_connections), "--extract-dir", str(ep_dir),
            "--runtime-file", str(runtime_file)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as log:
         log.write(f"---- {_now()} bincli deploy: {' '.join(cmd)}\n".encode())
         log.flush()
+        attempt_starts = log.tell()  # the log is appended to: report only this attempt's lines
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)
     _CHILDREN[proc.pid] = proc
-    timeout = cfg.deploy.startup_timeout
+    try:
+        # Recorded before waiting: a deploy killed while it waits leaves a record teardown acts on.
+        started = {**base, **_identity_if_alive(proc.pid), "port": port, "url": None, "starting": True,
+                   "foreground": False}
+        state.record("deploy", started, d.model_dump(mode="json"))
+        info(f"starting endpoint '{base['name']}' (pid {proc.pid}); log: {log_path}")
+        runtime = _wait_until_up(proc, runtime_file, log_path, attempt_starts, base["name"], d.startup_timeout)
+    except BaseException:  # Ctrl-C included: the server must not outlive this deploy unrecorded
+        _terminate(proc)
+        current = state.outputs("deploy")
+        if current is not None and current.get("pid") == proc.pid:
+            state.forget("deploy")
+        raise
+    started.pop("starting")
+    return {**started, "port": runtime["port"], "url": runtime["url"]}
+
+
+def _wait_until_up(proc: subprocess.Popen, runtime_file: Path, log_path: Path, attempt_starts: int, name: str,
+                   timeout: float) -> dict[str, Any]:
+    """The server's runtime file once /ping answers; BincliError if it exits or takes over `timeout` s."""
     deadline = time.monotonic() + timeout
-    info(f"starting endpoint '{base['name']}' (pid {proc.pid}); log: {log_path}")
     while True:
         rc = proc.poll()
         if rc is not None:
             _CHILDREN.pop(proc.pid, None)
-            raise BincliError(f"endpoint '{base['name']}' exited while starting (exit {rc}): {_last_error(log_path)}",
-                              hint=f"full log: {log_path}")
+            how = f"exit {rc}" if rc >= 0 else f"killed by {signal.Signals(-rc).name}"
+            raise BincliError(f"endpoint '{name}' exited while starting ({how}): "
+                              f"{_last_error(log_path, attempt_starts)}", hint=f"full log: {log_path}")
         if runtime_file.is_file():
             runtime = json.loads(runtime_file.read_text())
             if ping(runtime["url"]):
-                break
+                return runtime
         if time.monotonic() > deadline:
-            _terminate(proc)
-            raise BincliError(f"endpoint '{base['name']}' did not answer /ping within {timeout:g}s; stopped it",
+            raise BincliError(f"endpoint '{name}' did not answer /ping within {timeout:g}s; stopped it",
                               hint=f"see {log_path}; a slow machine may need --set deploy.startup_timeout=300")
         time.sleep(0.1)
-    return {**base, **_identity(proc.pid), "port": runtime["port"], "url": runtime["url"], "foreground": False}
 
 
 def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) -> dict[str, Any]:
@@ -161,10 +203,15 @@ def _run_foreground(cfg: Config, state: State, base: dict[str, Any], port: int) 
         record.update({**base, **_identity(os.getpid()), "port": runtime["port"], "url": runtime["url"],
                        "foreground": True, "action": "created", "replaced_model": None})
         state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+        # Recorded: other steps (evaluate, teardown from another shell) may use the workdir now.
+        from bincli.lock import end_command
+
+        end_command()
         info(f"endpoint '{base['name']}' serving at {runtime['url']} (Ctrl-C to stop)")
 
+    deploy = cfg.deploy.model_copy(update={"host": base["host"], "port": port})
     try:
-        serve(Path(base["model"]), base["name"], base["host"], port, base["threads"], on_ready=on_ready)
+        serve(Path(base["model"]), deploy, on_ready=on_ready, extract_dir=endpoint_dir(cfg.workdir, base["name"]))
     except OSError as exc:
         raise BincliError(f"endpoint '{base['name']}': {exc.strerror or exc}") from None
     finally:
@@ -214,6 +261,9 @@ def running_endpoint(cfg: Config, name: str | None = None) -> dict[str, Any]:
         raise StateError(f"no endpoint: '{record['name']}' is recorded at {record['url']} but its server "
                          f"(pid {record['pid']}) is not running",
                          hint="run 'bincli deploy' to start it again, or 'bincli teardown' to clear the record")
+    if record.get("url") is None:
+        raise StateError(f"no endpoint yet: '{record['name']}' (pid {record['pid']}) is still starting",
+                         hint="wait for 'bincli deploy' to finish, or run 'bincli teardown' if it was killed")
     return record
 
 
@@ -235,6 +285,15 @@ def _identity(pid: int) -> dict[str, Any]:
 
     proc = psutil.Process(pid)
     return {"pid": pid, "pid_started": proc.create_time(), "cmdline": proc.cmdline(), "started_at": _now()}
+
+
+def _identity_if_alive(pid: int) -> dict[str, Any]:
+    import psutil
+
+    try:
+        return _identity(pid)
+    except psutil.Error:
+        return {"pid": pid}  # it exited at once: the wait that follows says why
 
 
 def _our_process(record: dict[str, Any]):
@@ -269,6 +328,7 @@ def _stop(record: dict[str, Any]) -> bool:
         return True
     try:
         proc.terminate()
+        proc.resume()  # a stopped process (Ctrl-Z, SIGSTOP) acts on SIGTERM only once continued
         try:
             proc.wait(STOP_TIMEOUT)
         except psutil.TimeoutExpired:
@@ -281,6 +341,9 @@ def _stop(record: dict[str, Any]) -> bool:
 
 def _terminate(proc: subprocess.Popen) -> None:
     proc.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     try:
         proc.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -289,11 +352,15 @@ def _terminate(proc: subprocess.Popen) -> None:
     _CHILDREN.pop(proc.pid, None)
 
 
-def _last_error(log_path: Path) -> str:
+def _last_error(log_path: Path, start: int = 0) -> str:
+    """The last "error: ..." line (else the last line) the server wrote to the log from byte `start` on."""
     try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        with open(log_path, "rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
     except OSError:
         return "no log"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     return (errors[-1].removeprefix("error:").strip() if errors else lines[-1]) if lines else "no output"
 

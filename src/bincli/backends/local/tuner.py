@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.backends.local.launcher import build_command, build_env, run_child
-from bincli.config import Config, SearchSpace
+from bincli.config import Config, SearchSpace, TrainConfig, TuneConfig
 from bincli.core.contract import parse_epoch_line
 from bincli.core.fileio import atomic_write_text
 from bincli.errors import BincliError, DataError
@@ -77,9 +77,29 @@ def run_tune(cfg: Config, fixed: set[str], console) -> dict[str, Any]:
     tune_dir = under(workdir, TUNE_DIR)
     tune_dir.mkdir(parents=True, exist_ok=True)
 
+    study = _open_study(tune, space, train_cfg, split, tune_dir)
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    remaining = max(0, tune.max_jobs - len(done))
+    console.print(f"tuning {', '.join(space) or 'nothing (every hyperparameter is fixed)'} over "
+                  f"{tune.max_jobs} trials ({len(done)} done before, {tune.max_parallel} at a time), "
+                  f"{tune.epochs} epoch(s) each, objective {tune.objective}; logs in {tune_dir}",
+                  markup=False, highlight=False, soft_wrap=True)
+    if remaining:
+        objective = _Objective(study, tune, space, train_cfg, split, tune_dir, workdir, console)
+        study.optimize(objective, n_trials=remaining, n_jobs=tune.max_parallel, catch=(TrialFailed,))
+    outputs = _summarise(study, space, tune_dir, tune.objective)
+    state.record("tune", outputs, {**cfg.tune.model_dump(mode="json"), "fixed": sorted(fixed)})
+    return outputs
+
+
+def _open_study(tune: TuneConfig, space: dict[str, Any], train_cfg: TrainConfig, split: dict[str, Any],
+                tune_dir: Path):
+    """The study for this search in <tune_dir>/study.db: created, or loaded to continue it."""
+    import optuna
+
     fingerprint = _fingerprint(space, train_cfg.model_dump(mode="json"), tune.objective, split)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    return optuna.create_study(
         study_name=f"bincli-{fingerprint}",
         storage=f"sqlite:///{tune_dir / 'study.db'}",
         load_if_exists=True,
@@ -87,80 +107,111 @@ def run_tune(cfg: Config, fixed: set[str], console) -> dict[str, Any]:
         sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
-    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    remaining = max(0, tune.max_jobs - len(done))
-    console.print(f"tuning {', '.join(space) or 'nothing (every hyperparameter is fixed)'} over "
-                  f"{tune.max_jobs} trials ({len(done)} done before, {tune.max_parallel} at a time), "
-                  f"{tune.epochs} epoch(s) each, objective {tune.objective}; logs in {tune_dir}",
-                  markup=False, highlight=False, soft_wrap=True)
-    threads = max(1, (os.cpu_count() or 1) // tune.max_parallel)
-    write_lock = threading.Lock()
 
-    def objective(trial) -> float:
-        params = suggest(trial, space)
-        hp = hyperparameters_from(train_cfg, params)
-        hp["classes"] = split["classes"]
-        trial_dir = tune_dir / f"trial-{trial.number:03d}"
+
+def _summarise(study, space: dict[str, Any], tune_dir: Path, objective: str) -> dict[str, Any]:
+    """Write tune-results.csv and return the step's outputs; an error if no trial finished."""
+    import optuna
+
+    results = _write_results(tune_dir / RESULTS_FILE, study, space)
+    states = [t.state for t in study.trials]
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    if not complete:
+        raise BincliError(f"no trial finished ({len(study.trials)} tried)",
+                          hint=f"see the trial logs in {tune_dir}")
+    best = study.best_trial
+    return {
+        "results": str(results),
+        "study": str(tune_dir / "study.db"),
+        "objective": objective,
+        "trials": len(study.trials),
+        "complete": complete,
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_hyperparameters": dict(best.params),
+    }
+
+
+class _Objective:
+    """Optuna's objective: one trial = one run of the core entry point, scored by its epoch lines.
+
+    Called from `max_parallel` threads at once, so it keeps no per-trial state on self; the lock
+    serialises rewrites of tune-results.csv.
+    """
+
+    def __init__(self, study, tune: TuneConfig, space: dict[str, Any], train_cfg: TrainConfig,
+                 split: dict[str, Any], tune_dir: Path, workdir: Path, console):
+        self.study = study
+        self.objective = tune.objective
+        self.space = space
+        self.train_cfg = train_cfg
+        self.split = split
+        self.tune_dir = tune_dir
+        self.workdir = workdir
+        self.console = console
+        self.lock = threading.Lock()
+        # The CPU cores shared out between the trials that run at once.
+        self.threads = max(1, (os.cpu_count() or 1) // tune.max_parallel)
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        params = suggest(trial, self.space)
+        trial_dir = self.tune_dir / f"trial-{trial.number:03d}"
         shutil.rmtree(trial_dir, ignore_errors=True)  # a trial always starts fresh
-        extra = {"data-root": split["data_root"], "checkpoint-dir": str(trial_dir / "checkpoints"),
-                 "cache-dir": str(under(workdir, CACHE_DIR)), "device": cfg.train.device}
-        env = build_env(split, trial_dir, 1)
-        env["OMP_NUM_THREADS"] = str(threads)
         best: list[float] = []
+        started = time.monotonic()
+        try:
+            code, _ = run_child(self.command(params, trial_dir), self.env(trial_dir), trial_dir / "train.log",
+                                self._reader(trial, best), grace_s=30)
+        except optuna.TrialPruned:
+            trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
+            self._say(f"trial {trial.number}: pruned after {len(best)} epoch(s) {_show(params)}")
+            raise
+        finally:
+            with self.lock:
+                _write_results(self.tune_dir / RESULTS_FILE, self.study, self.space)
+        trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
+        if code != 0 or not best:
+            self._say(f"trial {trial.number}: failed (exit code {code}; log {trial_dir / 'train.log'})")
+            raise TrialFailed(f"exit code {code}")
+        value = min(best) if DIRECTIONS[self.objective] == "minimize" else max(best)
+        self._say(f"trial {trial.number}: {self.objective}={value:.4f} {_show(params)}")
+        return value
+
+    def command(self, params: dict[str, Any], trial_dir: Path) -> list[str]:
+        """The entry point's command line: the train config with this trial's hyperparameters."""
+        hp = hyperparameters_from(self.train_cfg, params)
+        hp["classes"] = self.split["classes"]
+        extra = {"data-root": self.split["data_root"], "checkpoint-dir": str(trial_dir / "checkpoints"),
+                 "cache-dir": str(under(self.workdir, CACHE_DIR)), "device": self.train_cfg.device}
+        return build_command(hp, 1, extra)
+
+    def env(self, trial_dir: Path) -> dict[str, str]:
+        env = build_env(self.split, trial_dir, 1)
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def _reader(self, trial, best: list[float]):
+        """on_line for run_child: report each epoch's objective to Optuna; stop a pruned trial."""
+        import optuna
 
         def on_line(line: str) -> None:
             row = parse_epoch_line(line)
-            if row is None or tune.objective not in row:
+            if row is None or self.objective not in row:
                 return
-            value = row[tune.objective]
+            value = row[self.objective]
             best.append(value)
             trial.report(value, int(row["epoch"]))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}")
 
-        started = time.monotonic()
-        try:
-            code, _ = run_child(build_command(hp, 1, extra), env, trial_dir / "train.log", on_line, grace_s=30)
-        except optuna.TrialPruned:
-            trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
-            console.print(f"trial {trial.number}: pruned after {len(best)} epoch(s) {_show(params)}",
-                          markup=False, highlight=False)
-            raise
-        finally:
-            with write_lock:
-                _write_results(tune_dir / RESULTS_FILE, study, space)
-        trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
-        if code != 0 or not best:
-            console.print(f"trial {trial.number}: failed (exit code {code}; log {trial_dir / 'train.log'})",
-                          markup=False, highlight=False)
-            raise TrialFailed(f"exit code {code}")
-        value = min(best) if DIRECTIONS[tune.objective] == "minimize" else max(best)
-        console.print(f"trial {trial.number}: {tune.objective}={value:.4f} {_show(params)}",
-                      markup=False, highlight=False)
-        return value
+        return on_line
 
-    if remaining:
-        study.optimize(objective, n_trials=remaining, n_jobs=tune.max_parallel, catch=(TrialFailed,))
-    results = _write_results(tune_dir / RESULTS_FILE, study, space)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise BincliError(f"no trial finished ({len(study.trials)} tried)",
-                          hint=f"see the trial logs in {tune_dir}")
-    best = study.best_trial
-    outputs = {
-        "results": str(results),
-        "study": str(tune_dir / "study.db"),
-        "objective": tune.objective,
-        "trials": len(study.trials),
-        "complete": len(complete),
-        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
-        "best_trial": best.number,
-        "best_value": best.value,
-        "best_hyperparameters": dict(best.params),
-    }
-    state.record("tune", outputs, {**cfg.tune.model_dump(mode="json"), "fixed": sorted(fixed)})
-    return outputs
+    def _say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
 
 
 def _write_results(path: Path, study, space: dict[str, Any]) -> Path:
