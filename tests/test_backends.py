@@ -75,7 +75,7 @@ def test_a_failed_describe_never_starts_a_second_job(tmp_path):
 def test_each_teardown_names_the_backend_that_deployed(tmp_path):
     state = State(tmp_path)
     state.record("deploy", {"backend": "sagemaker", "name": "ep", "region": "eu-west-1"})
-    with pytest.raises(StateError, match="deployed by backend sagemaker.*--set backend=sagemaker"):
+    with pytest.raises(StateError, match=r"deployed by backend sagemaker.*--set backend=sagemaker"):
         recorded_endpoint(state, backend="local")
     state.record("deploy", {"name": "ep", "pid": 1})  # a record from before the seam: local
     with pytest.raises(StateError, match="deployed by backend local"):

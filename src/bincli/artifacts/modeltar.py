@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.core.classes import ClassSpec
-from bincli.core.contract import MODEL_INFO_FILE, WEIGHTS_FILE
+from bincli.core.contract import MODEL_INFO_FILE, MODEL_INFO_KEYS, WEIGHTS_FILE
 from bincli.core.hyperparams import MODEL_CHOICES, PARAMS_BY_NAME
 from bincli.errors import DataError
 
@@ -46,7 +46,6 @@ MAX_DEPTH = 16
 _MAX_STREAM_BYTES = MAX_UNPACKED_BYTES + 64 * 1024**2
 
 # The model_info.json contract. Also read by core/inference.py (which cannot import artifacts).
-MODEL_INFO_KEYS = ("arch", "classes", "image_size")
 # What training accepts, from the stdlib-only declaration (core/model.py imports torchvision).
 ARCHITECTURES = MODEL_CHOICES
 IMAGE_SIZE_RANGE = (int(PARAMS_BY_NAME["image_size"].ge), int(PARAMS_BY_NAME["image_size"].le))

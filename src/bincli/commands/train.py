@@ -11,35 +11,18 @@ from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finis
 from bincli.console import err
 
 
+@t.with_training_flags()
 def train(
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     sets: SetOpt = None,
-    model: t.Model = None,
-    epochs: t.Epochs = None,
-    batch_size: t.BatchSize = None,
-    lr: t.Lr = None,
-    image_size: t.ImageSize = None,
-    pretrained: t.Pretrained = None,
-    weights_file: t.WeightsFile = None,
-    freeze: t.Freeze = None,
-    optimizer: t.Optimizer = None,
-    scheduler: t.Scheduler = None,
-    warmup_epochs: t.WarmupEpochs = None,
-    weight_decay: t.WeightDecay = None,
-    label_smoothing: t.LabelSmoothing = None,
-    patience: t.Patience = None,
-    workers: t.Workers = None,
-    nproc_per_node: t.NprocPerNode = None,
-    seed: t.Seed = None,
-    cache: t.Cache = None,
-    device: t.Device = None,
     from_tune: Annotated[bool, typer.Option("--from-tune", help="Use the best hyperparameters of 'bincli tune'."
                                             )] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the checkpoint and start over.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Backend sagemaker: wait for the training job "
                                        "(default), or start it and return; 'bincli train' again attaches.")] = True,
+    training: dict[str, Any] | None = None,
 ) -> None:
     """Train a ResNet to count items on the split, resuming from its checkpoint if there is one.
 
@@ -52,11 +35,7 @@ def train(
 
     Example: bincli train --epochs 3 --image-size 128 --no-pretrained
     """
-    flags = t.train_flags(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, pretrained=pretrained,
-        weights_file=weights_file, freeze=freeze, optimizer=optimizer, scheduler=scheduler,
-        warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing, patience=patience,
-        workers=workers, nproc_per_node=nproc_per_node, seed=seed, cache=cache, device=device)
+    flags = t.train_flags(**(training or {}))
     loaded = load(config, workdir, sets, flags)
     from bincli.steps.train import run_train
 

@@ -7,6 +7,9 @@ and help come from there. Every option defaults to None, so an unset flag never 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -24,28 +27,35 @@ def _option(p: Param) -> Any:
     return Annotated[p.type | None, info]
 
 
-# Annotated types by config key, for a command's signature (`epochs: t.Epochs = None`).
+# Annotated types by config key, for a command's signature.
 OPTIONS: dict[str, Any] = {p.name: _option(p) for p in CONFIG_PARAMS}
 
-Model = OPTIONS["model"]
-Epochs = OPTIONS["epochs"]
-BatchSize = OPTIONS["batch_size"]
-Lr = OPTIONS["lr"]
-ImageSize = OPTIONS["image_size"]
-Pretrained = OPTIONS["pretrained"]
-WeightsFile = OPTIONS["weights_file"]
-Freeze = OPTIONS["freeze"]
-Optimizer = OPTIONS["optimizer"]
-Scheduler = OPTIONS["scheduler"]
-WarmupEpochs = OPTIONS["warmup_epochs"]
-WeightDecay = OPTIONS["weight_decay"]
-LabelSmoothing = OPTIONS["label_smoothing"]
-Patience = OPTIONS["patience"]
-Workers = OPTIONS["workers"]
-NprocPerNode = OPTIONS["nproc_per_node"]
-Seed = OPTIONS["seed"]
-Cache = OPTIONS["cache"]
-Device = OPTIONS["device"]
+
+
+def with_training_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per declared training hyperparameter (less `exclude`), after its
+    own parameters; the command receives the values given as `training={"lr": 0.01, ...}` (by
+    config key, None where the flag was not given). Typer reads the signature built here."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command, eval_str=True)
+        names = [name for name in OPTIONS if name not in exclude]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=OPTIONS[name])
+                 for name in names]
+        params = [p for p in own.parameters.values() if p.name != "training"]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            training = {name: kwargs.pop(name, None) for name in names}
+            return command(*args, training=training, **kwargs)
+
+        wrapper.__signature__ = own.replace(parameters=[
+            *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{p.name: p.annotation for p in added},
+                                   "return": own.return_annotation}
+        return wrapper
+
+    return decorate
 
 
 def train_flags(section: str = "train", **values: Any) -> dict[str, tuple[str, Any]]:

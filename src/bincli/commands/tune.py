@@ -11,6 +11,7 @@ from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finis
 from bincli.console import err
 
 
+@t.with_training_flags(exclude=("epochs", "patience", "nproc_per_node"))  # trials: tune.epochs, 1 process
 def tune(
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
@@ -24,22 +25,7 @@ def tune(
                                                   show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per trial (default 3).",
                                                show_default=False, rich_help_panel="Training")] = None,
-    model: t.Model = None,
-    batch_size: t.BatchSize = None,
-    lr: t.Lr = None,
-    image_size: t.ImageSize = None,
-    pretrained: t.Pretrained = None,
-    weights_file: t.WeightsFile = None,
-    freeze: t.Freeze = None,
-    optimizer: t.Optimizer = None,
-    scheduler: t.Scheduler = None,
-    warmup_epochs: t.WarmupEpochs = None,
-    weight_decay: t.WeightDecay = None,
-    label_smoothing: t.LabelSmoothing = None,
-    workers: t.Workers = None,
-    seed: t.Seed = None,
-    cache: t.Cache = None,
-    device: t.Device = None,
+    training: dict[str, Any] | None = None,
 ) -> None:
     """Search learning rate, batch size and weight decay (configurable in tune.search_space).
 
@@ -49,12 +35,7 @@ def tune(
 
     Example: bincli tune --max-jobs 8 --max-parallel 2 --epochs 2 --image-size 128
     """
-    fixed = {
-        "model": model, "batch_size": batch_size, "lr": lr, "image_size": image_size, "pretrained": pretrained,
-        "weights_file": weights_file, "freeze": freeze, "optimizer": optimizer, "scheduler": scheduler,
-        "warmup_epochs": warmup_epochs, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
-        "workers": workers, "seed": seed, "cache": cache, "device": device,
-    }
+    fixed = training or {}
     flags = t.train_flags(**fixed)
     flags.update({"tune.max_jobs": ("--max-jobs", max_jobs), "tune.max_parallel": ("--max-parallel", max_parallel),
                   "tune.objective": ("--objective", objective), "tune.epochs": ("--epochs", epochs)})

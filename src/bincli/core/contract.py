@@ -12,6 +12,7 @@ from .hyperparams import ENTRY_PARAMS
 # ---- files in the model dir / model.tar.gz (SageMaker layout)
 WEIGHTS_FILE = "model.pth"          # state_dict, loaded with torch.load(weights_only=True)
 MODEL_INFO_FILE = "model_info.json"  # arch, classes, image_size, mean, std, metrics
+MODEL_INFO_KEYS = ("arch", "classes", "image_size")  # what a model_info.json must hold to be served
 CODE_DIR = "code"                    # code/inference.py + the core package it imports
 INFERENCE_SCRIPT = "inference.py"
 TRAIN_SCRIPT = "train.py"

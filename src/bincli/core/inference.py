@@ -39,6 +39,7 @@ from .contract import (
     JSON_CONTENT_TYPE,
     MAX_PAYLOAD_BYTES,
     MODEL_INFO_FILE,
+    MODEL_INFO_KEYS,
     WEIGHTS_FILE,
 )
 from .model import build_model
@@ -177,7 +178,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a model dir needs {WEIGHTS_FILE} and {MODEL_INFO_FILE}")
     info = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("arch", "classes", "image_size") if k not in info]
+    missing = [k for k in MODEL_INFO_KEYS if k not in info]
     if missing:
         raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
     return info

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.config import Config
+from bincli.core.metrics import SUMMARY
 from bincli.errors import DataError, UsageError
 from bincli.layout import REPORT_DIR, under
 from bincli.state import State
@@ -171,7 +172,7 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
     atomic_write_text(predictions, _predictions_csv(samples, answers, spec))
     outputs = {
         "split": split_name, "source": predictor.where, "n": metrics["n"], "failed": len(failed),
-        **{k: metrics[k] for k in ("accuracy", "log_loss", "rmse", "mae")},
+        **{k: metrics[k] for k in SUMMARY},
         "baseline_accuracy": baseline["accuracy"] if baseline else None,
         "report_dir": str(out_dir), "metrics": paths["metrics"], "predictions": str(predictions),
         "figures": {k: v for k, v in paths.items() if k != "metrics"},

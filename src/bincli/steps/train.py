@@ -16,6 +16,7 @@ from typing import Any
 from bincli.backends import get_backend
 from bincli.config import Config, TrainConfig
 from bincli.core.contract import METRICS_FILE
+from bincli.core.metrics import SUMMARY
 from bincli.errors import BincliError, DataError, StateError
 from bincli.hyperparameters import hyperparameters_from
 from bincli.layout import MODEL_DIR, MODEL_TAR, REPORT_DIR, under
@@ -98,7 +99,7 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
         "report_dir": str(report_dir),
         "metrics": paths["metrics"],
         "split": on,
-        **{k: report[k] for k in ("accuracy", "log_loss", "rmse", "mae")},
+        **{k: report[k] for k in SUMMARY},
         "baseline_accuracy": (report["baseline"] or {}).get("accuracy"),
         "best_epoch": job["best_epoch"],
         "epochs_run": job["epochs_run"],
