@@ -61,7 +61,7 @@ def local(tar):
 def test_deploy_predict_update_teardown(tmp_path, tar, local, abid_sample, monkeypatch):
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(server_tmp))  # where the server extracts the model
+    monkeypatch.setenv("TMPDIR", str(server_tmp))  # the system temp folder: the server must not use it
     work = tmp_path / "work"
     cfg = cfg_for(work)
     record = deploy(cfg, model=tar)
@@ -69,6 +69,8 @@ def test_deploy_predict_update_teardown(tmp_path, tar, local, abid_sample, monke
     saved = State(work).outputs("deploy")
     assert {k: saved[k] for k in ("name", "url", "pid", "model", "port")} == {
         "name": "bincli-local", "url": record["url"], "pid": record["pid"], "model": str(tar), "port": record["port"]}
+    extracted = list((work / "endpoints" / "bincli-local").rglob("model.pth"))
+    assert len(extracted) == 1 and list(server_tmp.iterdir()) == []  # inside the workdir, not in TMPDIR
 
     img = sample_images(abid_sample, 1)[0]
     want = local.invoke(img.read_bytes(), "image/jpeg")
@@ -100,7 +102,7 @@ def test_deploy_predict_update_teardown(tmp_path, tar, local, abid_sample, monke
     out = teardown(cfg)
     assert out["stopped"] and not psutil.pid_exists(updated["pid"])
     assert State(work).outputs("deploy") is None
-    assert list(server_tmp.iterdir()) == []  # the server removed its extracted model
+    assert list(server_tmp.iterdir()) == [] and not (work / "endpoints").exists()  # nothing left anywhere
     again = teardown(cfg)
     assert again["removed"] == [] and again["message"].startswith("nothing to remove")
     p = bincli("predict", img, "-w", work)

@@ -2,7 +2,8 @@
 
     <workdir>/state.json                 what each step produced (bincli.state)
     <workdir>/data/                      download: images/<id>.jpg, metadata/<id>.json
-    <workdir>/splits/                    split: train.csv, valid.csv, test.csv, split-report.json
+    <workdir>/splits/                    split: <fingerprint>/ (one whole split) and links to it:
+                                         train.csv, valid.csv, test.csv, split-report.json
     <workdir>/train/                     the training run: train.log, checkpoints/, model/, output/
     <workdir>/cache/                     pre-resized images (kept between runs)
     <workdir>/model/model.tar.gz         the packaged model (SageMaker layout) deploy serves

@@ -107,12 +107,8 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
                  model: Path | None = None, in_process: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Evaluate the model on one split. `in_process` uses the trained model (state 'train') in this process."""
-    import numpy as np
-
     from bincli.core.classes import ClassSpec
     from bincli.core.fileio import atomic_write_text
-    from bincli.core.metrics import baseline_metrics, compute_metrics
-    from bincli.steps.predict import InProcessPredictor, open_predictor
     from bincli.steps.report import write_report
 
     state = State(cfg.workdir)
@@ -120,12 +116,34 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
     spec = ClassSpec.parse(split["classes"])
     samples = _samples(split, split_name, spec)
     if in_process and model is None:
-        trained = state.require("train", needed_by="evaluate --in-process")
-        model = Path(trained["model"])
+        model = Path(state.require("train", needed_by="evaluate --in-process")["model"])
     _check_model_did_not_see(state, split, split_name, samples, model, endpoint_url)
     if model is not None and (endpoint or endpoint_url):
         raise UsageError("--model/--in-process evaluate in this process: "
                          "do not combine them with --endpoint/--endpoint-url")
+    where, answers = _answer_all(cfg, samples, spec, endpoint, endpoint_url, model, progress)
+    failed = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" in a]
+    report = _score(split, split_name, spec, samples, answers, where)
+
+    out_dir = under(cfg.workdir, REPORT_DIR, f"evaluate-{split_name}")
+    paths = write_report(report, out_dir)
+    predictions = out_dir / PREDICTIONS_FILE
+    atomic_write_text(predictions, _predictions_csv(samples, answers, spec))
+    outputs = {
+        "split": split_name, "source": where, "n": report["n"], "failed": len(failed),
+        **{k: report[k] for k in SUMMARY},
+        "baseline_accuracy": report["baseline"]["accuracy"] if report["baseline"] else None,
+        "report_dir": str(out_dir), "metrics": paths["metrics"], "predictions": str(predictions),
+        "figures": {k: v for k, v in paths.items() if k != "metrics"},
+    }
+    state.record("evaluate", outputs, {"split": split_name, "concurrency": cfg.predict.concurrency})
+    return {**outputs, "errors": [{"id": s.id, "path": str(s.path), **a} for s, a in failed], "report": report}
+
+
+def _answer_all(cfg: Config, samples, spec, endpoint: str | None, endpoint_url: str | None, model: Path | None,
+                progress: Callable[[int, int], None] | None) -> tuple[str, list[dict[str, Any]]]:
+    """(where the answers came from, one answer per sample): the endpoint, or the model in-process."""
+    from bincli.steps.predict import InProcessPredictor, open_predictor
 
     done, lock = [0], threading.Lock()
 
@@ -142,43 +160,35 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
             if model_classes != str(spec):
                 raise DataError(f"model {model} predicts classes {model_classes}, the split has {spec}",
                                 hint="evaluate with the model trained on this split")
-            answers = _answer_all_in_process(predictor, samples, tick)
-        else:
-            answers = _answer_all_remote(predictor, samples, cfg.predict.concurrency, tick)
+            return predictor.where, _answer_all_in_process(predictor, samples, tick)
+        return predictor.where, _answer_all_remote(predictor, samples, cfg.predict.concurrency, tick)
     finally:
         predictor.close()
 
+
+def _score(split: dict[str, Any], split_name: str, spec, samples, answers: list[dict[str, Any]],
+           where: str) -> dict[str, Any]:
+    """The metrics of the answered images, beside the majority-class baseline of the train split."""
+    import numpy as np
+
+    from bincli.core.metrics import baseline_metrics, compute_metrics
+
     ok = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" not in a]
-    failed = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" in a]
+    failed = [a for a in answers if "error" in a]
     if not ok:
-        first = failed[0][1]
-        raise DataError(f"no image of the {split_name} split got an answer from {predictor.where}; "
+        first = failed[0]
+        raise DataError(f"no image of the {split_name} split got an answer from {where}; "
                         f"the first error: {first['status'] or ''} {first['error']}".replace("  ", " "))
     labels = list(ok[0][1]["probabilities"])
     if labels != spec.labels:
-        raise DataError(f"{predictor.where} answers classes {labels}, the split has {spec.labels}",
+        raise DataError(f"{where} answers classes {labels}, the split has {spec.labels}",
                         hint="deploy the model trained on this split")
     probs = np.array([[a["probabilities"][label] for label in labels] for _, a in ok], dtype=np.float64)
     targets = [s.target for s, _ in ok]
     metrics = compute_metrics(targets, probs, spec.labels, spec.counts)
     train_targets = [s.target for s in _samples(split, "train", spec)] if split.get("train") else []
     baseline = baseline_metrics(train_targets, targets, spec.labels, spec.counts) if train_targets else None
-    report = {**metrics, "split": split_name, "baseline": baseline, "source": predictor.where,
-              "failed": len(failed)}
-
-    out_dir = under(cfg.workdir, REPORT_DIR, f"evaluate-{split_name}")
-    paths = write_report(report, out_dir)
-    predictions = out_dir / PREDICTIONS_FILE
-    atomic_write_text(predictions, _predictions_csv(samples, answers, spec))
-    outputs = {
-        "split": split_name, "source": predictor.where, "n": metrics["n"], "failed": len(failed),
-        **{k: metrics[k] for k in SUMMARY},
-        "baseline_accuracy": baseline["accuracy"] if baseline else None,
-        "report_dir": str(out_dir), "metrics": paths["metrics"], "predictions": str(predictions),
-        "figures": {k: v for k, v in paths.items() if k != "metrics"},
-    }
-    state.record("evaluate", outputs, {"split": split_name, "concurrency": cfg.predict.concurrency})
-    return {**outputs, "errors": [{"id": s.id, "path": str(s.path), **a} for s, a in failed], "report": report}
+    return {**metrics, "split": split_name, "baseline": baseline, "source": where, "failed": len(failed)}
 
 
 def _predictions_csv(samples: Sequence, answers: Sequence[dict[str, Any]], spec) -> str:
