@@ -3,7 +3,7 @@
 The same four functions run in three places, so an answer is the same wherever it comes from:
   - SageMaker's PyTorch serving container (TorchServe + sagemaker-inference), through the
     `code/inference.py` shim that bincli.artifacts.bundle puts in model.tar.gz;
-  - bincli's local endpoint (bincli/serve.py);
+  - bincli's local endpoint (bincli/backends/local/server.py);
   - `bincli predict --model` and `bincli evaluate --model` (in-process).
 
 Request:  the image bytes, Content-Type image/jpeg, image/png or application/x-image (JPEG or PNG
