@@ -177,3 +177,10 @@ def test_learns_to_count_blobs(tmp_path):
     assert valid["rmse"] < 0.6 and valid["log_loss"] < math.log(6) / 2
     losses = [row["train_loss"] for row in metrics["history"]]
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_atomic_writes_leave_files_others_can_read(tmp_path):
+    from bincli.core.fileio import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "train.csv", "id,path,count\n")
+    assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "id,path,count\n"
