@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from bincli.core.classes import ClassSpec
-from bincli.core.hyperparams import CONFIG_PARAMS, Param
+from bincli.core.hyperparams import CONFIG_PARAMS, FREEZE_CHOICES, OPTIMIZER_CHOICES, Param
 from bincli.data import abid
 from bincli.errors import ConfigError
 
@@ -166,8 +166,8 @@ class SearchSpace(Section):
     weight_decay: FloatRange | None = FloatRange(low=1e-6, high=1e-2, log=True)
     batch_size: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(default_factory=lambda: [16, 32, 64])
     label_smoothing: FloatRange | None = None
-    optimizer: list[Literal["adamw", "sgd"]] | None = None
-    freeze: list[Literal["none", "backbone", "layer1", "layer2", "layer3", "layer4"]] | None = None
+    optimizer: list[Literal[OPTIMIZER_CHOICES]] | None = None  # type: ignore[valid-type]
+    freeze: list[Literal[FREEZE_CHOICES]] | None = None  # type: ignore[valid-type]
 
 
 class TuneConfig(Section):
@@ -434,9 +434,8 @@ def _check_key(dotted: str) -> str | None:
             return f"{'.'.join(parts[:i])} takes a value, not keys below it"
         fields = list(model.model_fields)
         if part not in fields:
-            close = difflib.get_close_matches(part, fields, n=1)
             what = "unknown key" if i == len(parts) - 1 else f"unknown section {part!r}"
-            return what + (f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}")
+            return what + _suggest(part, fields)
         model = _submodel(model.model_fields[part].annotation)
     return None
 
@@ -474,13 +473,19 @@ def _leaf_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the field at loc[:-1], for did-you-mean suggestions."""
-    model: Any = Config
+    model: type[BaseModel] | None = Config
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
             return None
-        model = field.annotation
+        model = _submodel(field.annotation)
     return model
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    """"; did you mean 'lr'?", else the valid keys: the tail of every unknown-key message."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
 
 
 def _format_error(err: Mapping[str, Any], sources: dict[str, str], cfg_path: Path | None) -> str:
@@ -495,9 +500,7 @@ def _format_error(err: Mapping[str, Any], sources: dict[str, str], cfg_path: Pat
     msg = err["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
     if err["type"] == "extra_forbidden":
         owner = _model_at(field_loc)
-        valid = list(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(field_loc[-1], valid, n=1) if field_loc else []
-        msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}")
+        msg = "unknown key" + _suggest(field_loc[-1] if field_loc else "", list(owner.model_fields) if owner else [])
     elif err["type"] in {"literal_error", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
                          "int_parsing", "float_parsing", "bool_parsing", "int_from_float"}:
         msg = f"{msg}, got {err.get('input')!r}"

@@ -146,12 +146,13 @@ def _describe(holder: dict[str, Any]) -> str:
     if "pid" not in holder:
         return "another bincli step (it is starting)"
     where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
-    alive = "" if where or _alive(holder["pid"]) else ", no longer running"
+    alive = "" if where or pid_alive(holder["pid"]) else ", no longer running"
     command, since = holder.get("command", "?"), holder.get("since", "?")
     return f"'bincli {command}' (pid {holder['pid']}{where}, since {since}{alive})"
 
 
-def _alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process with this pid runs on this machine (someone else's counts too)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

@@ -40,6 +40,7 @@ from bincli.core.fileio import atomic_write_bytes, atomic_write_json, atomic_wri
 from bincli.data import abid
 from bincli.data.disk import writing
 from bincli.errors import DataError, StateError
+from bincli.lock import pid_alive
 from bincli.state import State
 
 REPORT_FILE = "split-report.json"
@@ -360,21 +361,11 @@ def _new_staging(splits_dir: Path) -> Path:
     splits_dir.mkdir(parents=True, exist_ok=True)
     for old in splits_dir.glob(f"{STAGING_PREFIX}*"):
         pid = old.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = splits_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     folder.mkdir()
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _move_into_place(folder: Path, target: Path) -> bool:
