@@ -113,6 +113,18 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
 def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str, prefix: str,
            checkpoints: str, run_dir: Path) -> str:
     """Create the training job through the SDK's ModelTrainer; returns its name."""
+    trainer, inputs = build_trainer(config, session, hp, channels, bucket, prefix, checkpoints, run_dir)
+    try:
+        trainer.train(input_data_config=inputs, wait=False, logs=False)
+    except Exception as exc:
+        raise aws_error(exc, "creating the training job") from None
+    return trainer._latest_training_job.training_job_name
+
+
+def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str,
+                  prefix: str, checkpoints: str, run_dir: Path) -> tuple[Any, list[Any]]:
+    """The v3 ModelTrainer a `bincli train` job runs, and its input channels: one definition that
+    the tuning job (tuner.py) reuses, so every trial is configured exactly as `train` would be."""
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.training.configs import (
@@ -152,12 +164,7 @@ def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str,
         # torchrun across instances, and across GPUs (SM_NUM_GPUS) unless nproc_per_node says otherwise.
         distributed=Torchrun(process_count_per_node=nproc if nproc > 1 else None),
     ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
-    try:
-        trainer.train(input_data_config=[InputData(channel_name=name, data_source=uri.rstrip("/") + "/")
-                                         for name, uri in channels.items()], wait=False, logs=False)
-    except Exception as exc:
-        raise aws_error(exc, "creating the training job") from None
-    return trainer._latest_training_job.training_job_name
+    return trainer, [InputData(channel_name=name, data_source=uri.rstrip("/") + "/") for name, uri in channels.items()]
 
 
 def _describe(sm: Any, job_name: str) -> dict[str, Any]:
