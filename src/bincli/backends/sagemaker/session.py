@@ -88,3 +88,15 @@ def upload_model(tar: Path, bucket: str, prefix: str, name: str, region: str) ->
     except Exception as exc:
         raise aws_error(exc, f"uploading {tar} to s3://{bucket}/{key}") from None
     return f"s3://{bucket}/{key}"
+
+
+def resource_tags(workdir: str | Path, step: str) -> list[dict[str, str]]:
+    """The tags every SageMaker resource bincli creates carries, so `teardown --all` can find
+    leftovers: `bincli:workspace` (the workdir's name and a hash of its absolute path, unique per
+    workspace and within SageMaker's tag-value alphabet) and `bincli:step` (train, tune, deploy)."""
+    import hashlib
+
+    path = Path(workdir).resolve()
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in path.name)[:64] or "root"
+    workspace = f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+    return [{"Key": "bincli:workspace", "Value": workspace}, {"Key": "bincli:step", "Value": step}]
