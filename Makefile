@@ -24,6 +24,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+	@# Headless Chromium for the inspect page test (tests/test_inspect.py), from Debian's packages,
+	@# only where missing; without apt or root the test skips and says why.
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { command -v apt-get >/dev/null && { apt-get install -y -q chromium >/dev/null 2>&1 \
+	       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
+	  || echo "note: headless Chromium not installed (apt-get install -y chromium); the page-render test will skip"
 
 demo: $(VENV)/.installed
 	SHARED=$(SHARED) DEMO_WORK=$(DEMO_WORK) BIN=$(BIN) bash scripts/demo.sh

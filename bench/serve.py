@@ -1,20 +1,21 @@
-"""Serving latency on this CPU: the bare forward pass (the floor) against end-to-end requests.
+"""Serving latency on this CPU: each runtime's bare forward (the floor) against the endpoint.
 
-    .venv/bin/python bench/serve.py [--image-size 224] [--requests 60] [--rounds 8] [--threads 4]
-                                    [--clients 8] [--data ../shared/abid-sample]
+    .venv/bin/python bench/serve.py [--image-size 224] [--requests 60] [--rounds 6] [--threads 4]
+                                    [--clients 8] [--batching on,off] [--data ../shared/abid-sample]
 
 An untrained resnet18 at the model's input size (weights do not change the cost), packaged as
-model.tar.gz and served by `bincli deploy` (a background `python -m bincli.backends.local.server`). Real ABID
-JPEGs from the sample. Figures:
-  floor          model.net(x) on a ready (1, 3, S, S) tensor, in a worker process started like the server,
-                 in a pool thread as the server runs it
-  handler        input_fn + predict_fn + output_fn on JPEG bytes, in that worker (decode, resize,
-                 forward, softmax, JSON): what the endpoint adds before HTTP
-  1 client       POST /invocations one after another (httpx, keep-alive): p50/p95, req/s;
-                 and boto3 invoke_endpoint (what `bincli predict` sends)
-  8 clients      8 threads posting at once: p50/p95 per request, req/s in all
-  overhead       1-client p50 over the floor (target <= 25%), per round of (floor, 1 client) measured
-                 back to back, so load from elsewhere on the machine hits both alike; and on best cases
+model.tar.gz (with its ONNX graph) and served by `bincli deploy` (a background
+`python -m bincli.backends.local.server`). Real ABID JPEGs from the sample. Figures:
+  bare forward   each runtime (onnxruntime, torchscript, eager channels_last) on a ready tensor, batch 1
+                 (ms) and batch 8 (img/s), in a PLAIN process (main thread, no server, no pool), started
+                 in its own session like the server so the scheduler treats both alike
+  handler        where one request's time goes in that process: decode, transform, forward, answer+JSON
+  endpoint       for each batching setting (deploy.max_batch_size 8 and 1): 1 client (httpx keep-alive)
+                 p50/p95; 8 clients at once, req/s; boto3 invoke_endpoint p50 (what `bincli predict` sends);
+                 GET /ping p50 (the HTTP round trip alone: 1-client p50 - handler - this = thread hops, body)
+  goals          1-client p50 <= 1.15x the fastest runtime's bare batch-1 forward; 8-client req/s >= 0.9x
+                 the fastest runtime's batch-8 img/s. Ratios per round of (floor, endpoint) measured back
+                 to back, so load from elsewhere on the machine hits both alike
   cold predict   wall time of a fresh `bincli predict one.jpg` process against the endpoint (target < 0.8 s)
 Prints figures; asserts nothing. The client threads share the CPU with the server (2 cores here).
 """
@@ -61,65 +62,92 @@ def build_model_tar(tmp: Path, image_size: int) -> Path:
     return package_model(model_dir, tmp / "model.tar.gz")
 
 
-# The floor runs in its own process, started like the endpoint's server (a new session), so both
-# get the same treatment from the scheduler (Linux autogroups give each session a fair share):
-# on a machine busy with other work a floor measured in this process is not comparable.
+# The floors run in their own plain process, started like the endpoint's server (a new session), so both
+# get the same treatment from the scheduler (Linux autogroups give each session a fair share).
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
 import torch
-from bincli.core import inference
-from bincli.artifacts.loader import load_model, warm_up
+from PIL import Image
+from bincli.artifacts.loader import load_model
+from bincli.core import inference, runtimes
 model, tmp = load_model(Path(sys.argv[1]))
-warm_up(model)
+size = model.image_size
+built = {}
+for name in runtimes.available():
+    try:
+        built[name] = runtimes.warm_up(runtimes.build(name, model.net, tmp, model.info), size)
+    except Exception as exc:
+        print(f"skip {name}: {exc}", file=sys.stderr)
 bodies = [Path(p).read_bytes() for p in sys.argv[2:]]
-x = torch.randn(1, 3, model.image_size, model.image_size)
-from concurrent.futures import ThreadPoolExecutor
-pool = ThreadPoolExecutor(1)  # the server runs inference in a pool thread: so does the floor
+x1, x8 = torch.randn(1, 3, size, size), torch.randn(8, 3, size, size)
 
 
-def timed(what, n):
+def forward(name, batch, n):
+    run, x = built[name], (x1 if batch == 1 else x8)
+    run(x)  # untimed, after the idle time
     out = []
-    with torch.inference_mode():
-        for i in range(n):
-            t0 = time.perf_counter()
-            if what == "floor":
-                model.net(x)
-            else:
-                inference.handle_request(model, bodies[i % len(bodies)], "image/jpeg", "application/json")
-            out.append((time.perf_counter() - t0) * 1000)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run(x)
+        out.append((time.perf_counter() - t0) * 1000)
     return out
 
 
-print("ready", flush=True)
+def stages(n):
+    out = {"decode": [], "transform": [], "forward": [], "answer+json": [], "handler": []}
+    for i in range(n):
+        body = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        img = inference.input_fn(body, "image/jpeg")
+        t1 = time.perf_counter()
+        x = model.transform(img).unsqueeze(0)
+        t2 = time.perf_counter()
+        logits = model.forward(x)
+        t3 = time.perf_counter()
+        probs = torch.softmax(logits.float() / model.temperature, dim=1)
+        inference.output_fn(model.describe(probs[0]), "application/json")
+        t4 = time.perf_counter()
+        inference.handle_request(model, body, "image/jpeg", "application/json")
+        t5 = time.perf_counter()
+        for k, a, b in (("decode", t0, t1), ("transform", t1, t2), ("forward", t2, t3), ("answer+json", t3, t4),
+                        ("handler", t4, t5)):
+            out[k].append((b - a) * 1000)
+    return out
+
+
+print(json.dumps({"ready": list(built), "chosen": model.runtime.name}), flush=True)
 for line in sys.stdin:
-    what, n = line.split()
-    print(json.dumps(pool.submit(timed, what, int(n)).result()), flush=True)
+    what, *args = line.split()
+    if what == "forward":
+        print(json.dumps(forward(args[0], int(args[1]), int(args[2]))), flush=True)
+    else:
+        print(json.dumps(stages(int(args[0]))), flush=True)
 import shutil
 shutil.rmtree(tmp, ignore_errors=True)
 """
 
 
-class InProcess:
-    """The model loaded in a worker process: the floor (forward only) and the handler (JPEG -> JSON)."""
+class Floors:
+    """The model's runtimes in a plain worker process: bare forwards and the handler's stages."""
 
     def __init__(self, tar: Path, images: list[Path]):
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tar), *map(str, images)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)
-        assert self.proc.stdout.readline().strip() == "ready"
+        hello = json.loads(self.proc.stdout.readline())
+        self.runtimes, self.chosen = hello["ready"], hello["chosen"]
 
-    def _ask(self, what: str, n: int) -> list[float]:
-        self.proc.stdin.write(f"{what} {n}\n")
+    def _ask(self, line: str):
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def floor(self, n: int) -> list[float]:
-        self._ask("floor", 3)  # untimed passes after the idle time
-        return self._ask("floor", n)
+    def forward(self, runtime: str, batch: int, n: int) -> list[float]:
+        return self._ask(f"forward {runtime} {batch} {n}")
 
-    def handler(self, n: int) -> list[float]:
-        return self._ask("handler", n)
+    def stages(self, n: int) -> dict[str, list[float]]:
+        return self._ask(f"stages {n}")
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -139,6 +167,20 @@ def one_client(url: str, bodies: list[bytes], n: int) -> tuple[list[float], floa
             lat.append((time.perf_counter() - t0) * 1000)
             assert r.status_code == 200, r.text
         return lat, n / (time.perf_counter() - t_all)
+
+
+def ping_client(url: str, n: int) -> list[float]:
+    """GET /ping one after another: the HTTP round trip alone (client, uvicorn, routing), no model."""
+    import httpx
+
+    lat = []
+    with httpx.Client(base_url=url, timeout=60) as c:
+        c.get("/ping")
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.get("/ping")
+            lat.append((time.perf_counter() - t0) * 1000)
+    return lat
 
 
 def boto3_client(name: str, url: str, bodies: list[bytes], n: int) -> list[float]:
@@ -189,13 +231,43 @@ def cold_predict(work: Path, image: Path, rounds: int) -> list[float]:
     return walls
 
 
+def endpoint_figures(cfg_values: dict, tar: Path, floors: Floors, fastest: str, bodies: list[bytes],
+                     images: list[Path], args, cold: bool) -> dict:
+    from bincli.backends.local.endpoint import deploy, teardown
+    from bincli.config import load_config
+
+    cfg = load_config(None, cfg_values, env={}).config
+    t0 = time.perf_counter()
+    record = deploy(cfg, model=tar)
+    out = {"start_s": time.perf_counter() - t0, "one": [], "rounds": [], "many": [], "many_rounds": []}
+    try:
+        per = max(5, args.requests // args.rounds)
+        for _ in range(args.rounds):  # alternating (floor, endpoint) rounds: ratios per round
+            f1 = floors.forward(fastest, 1, per)
+            o, _ = one_client(record["url"], bodies, per)
+            out["one"] += o
+            out["rounds"].append((statistics.median(f1), statistics.median(o)))
+        for _ in range(max(2, args.rounds // 2)):
+            f8 = floors.forward(fastest, 8, max(3, per // 4))
+            lat, rps = many_clients(record["url"], bodies, args.clients * max(3, per // 2), args.clients)
+            out["many"] += lat
+            out["many_rounds"].append((8000 / statistics.median(f8), rps))
+        out["ping"] = ping_client(record["url"], args.requests)
+        out["boto"] = boto3_client(record["name"], record["url"], bodies, args.requests)
+        out["cold"] = cold_predict(cfg.workdir, images[0], args.cold_rounds) if cold else None
+    finally:
+        teardown(cfg)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--threads", type=int, default=4, help="the endpoint's deploy.threads")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=8, help="alternating floor / 1-client rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating floor / endpoint rounds")
+    ap.add_argument("--batching", default="on,off", help="endpoints to measure: on (max_batch_size 8), off (1)")
     ap.add_argument("--cold-rounds", type=int, default=5)
     ap.add_argument("--data", type=Path, default=SHARED / "abid-sample")
     args = ap.parse_args()
@@ -204,58 +276,59 @@ def main() -> None:
     if not images:
         raise SystemExit(f"no JPEGs in {args.data / 'images'}")
     bodies = [p.read_bytes() for p in images]
-    from bincli.backends.local.endpoint import deploy, teardown
-    from bincli.config import load_config
-
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bincli-bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
         tar = build_model_tar(tmp, args.image_size)
         import torch
 
-        print(f"resnet18 at {args.image_size}x{args.image_size}, {len(images)} ABID JPEGs, "
-              f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, endpoint threads {args.threads}")
-        local = InProcess(tar, images)
-        cfg = load_config(None, {"workdir": tmp / "work", "deploy.port": 0, "deploy.threads": args.threads},
-                          env={}).config
-        t0 = time.perf_counter()
-        record = deploy(cfg, model=tar)
-        start_s = time.perf_counter() - t0
-        floor, handler, one, rounds = [], [], [], []
+        print(f"resnet18 at {args.image_size}x{args.image_size}, {len(images)} ABID JPEGs, {os.cpu_count()} CPUs, "
+              f"torch threads {torch.get_num_threads()}, endpoint threads {args.threads}; "
+              f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        floors = Floors(tar, images)
         try:
-            # Rounds that alternate the floor and the 1-client latency, so that load from elsewhere on
-            # the machine hits both alike; the overhead is taken per round.
-            per_round = max(5, args.requests // args.rounds)
-            for _ in range(args.rounds):
-                f = local.floor(per_round)
-                o, rps = one_client(record["url"], bodies, per_round)
-                floor += f
-                one += o
-                rounds.append((statistics.median(f), statistics.median(o), rps))
-            handler = local.handler(args.requests)
-            boto = boto3_client(record["name"], record["url"], bodies, args.requests)
-            many, many_rps = many_clients(record["url"], bodies, args.requests * 2, args.clients)
-            cold = cold_predict(cfg.workdir, images[0], args.cold_rounds)
+            print(f"bare forward in a plain process (median of {args.requests}; the handler picks "
+                  f"{floors.chosen}):")
+            bare = {}
+            for name in floors.runtimes:
+                b1 = floors.forward(name, 1, args.requests)
+                b8 = floors.forward(name, 8, max(5, args.requests // 4))
+                bare[name] = (statistics.median(b1), 8000 / statistics.median(b8))
+                print(f"  {name:12s} batch 1 {bare[name][0]:6.1f} ms (min {min(b1):5.1f})   "
+                      f"batch 8 {bare[name][1]:6.1f} img/s")
+            fastest = min(bare, key=lambda k: bare[k][0])
+            st = floors.stages(args.requests)
+            print(f"one request in-process, {floors.chosen} (p50 ms): " + ", ".join(
+                f"{k} {statistics.median(v):.2f}" for k, v in st.items()))
+            results = {}
+            for i, mode in enumerate(m.strip() for m in args.batching.split(",") if m.strip()):
+                values = {"workdir": tmp / f"work-{mode}", "deploy.port": 0, "deploy.threads": args.threads,
+                          "deploy.name": f"bench-{mode}", "deploy.max_batch_size": 8 if mode == "on" else 1}
+                results[mode] = endpoint_figures(values, tar, floors, fastest, bodies, images, args, cold=i == 0)
         finally:
-            local.close()
-            teardown(cfg)
+            floors.close()
 
-    f50 = statistics.median(floor)
-    print(f"deploy (start to /ping healthy)   {start_s:6.2f} s")
-    print(f"floor: forward only               p50 {f50:7.1f} ms   p95 {pct(floor, .95):7.1f} ms")
-    print(f"handler in-process (JPEG->JSON)   p50 {statistics.median(handler):7.1f} ms   "
-          f"p95 {pct(handler, .95):7.1f} ms")
-    print(f"1 client, HTTP keep-alive         p50 {statistics.median(one):7.1f} ms   p95 {pct(one, .95):7.1f} ms"
-          f"   {statistics.median(r[2] for r in rounds):6.1f} req/s")
-    print(f"1 client, boto3 invoke_endpoint   p50 {statistics.median(boto):7.1f} ms   p95 {pct(boto, .95):7.1f} ms")
-    print(f"{args.clients} clients at once                p50 {statistics.median(many):7.1f} ms   "
-          f"p95 {pct(many, .95):7.1f} ms   {many_rps:6.1f} req/s")
-    ratios = [100 * (o / f - 1) for f, o, _ in rounds]
-    print(f"overhead of 1-client p50 over the floor: {statistics.median(ratios):+.1f}% (median of {len(ratios)} "
-          f"alternating rounds: {', '.join(f'{x:+.0f}%' for x in ratios)}); target <= +25%")
-    print(f"  best cases (min, least disturbed by other load): floor {min(floor):.1f} ms, "
-          f"1-client {min(one):.1f} ms, overhead {100 * (min(one) / min(floor) - 1):+.1f}%")
-    print(f"cold `bincli predict one.jpg`      median {statistics.median(cold):5.2f} s   min {min(cold):5.2f} s "
-          f"(target < 0.8 s; {args.cold_rounds} runs)")
+    print(f"fastest bare runtime: {fastest} ({bare[fastest][0]:.1f} ms at batch 1, {bare[fastest][1]:.1f} img/s "
+          f"at batch 8)")
+    for mode, r in results.items():
+        one, many = r["one"], r["many"]
+        p1 = [o / f for f, o in r["rounds"]]
+        p8 = [rps / f8 for f8, rps in r["many_rounds"]]
+        print(f"endpoint, batching {mode} (deploy {r['start_s']:.1f} s to /ping healthy):")
+        print(f"  1 client, HTTP keep-alive       p50 {statistics.median(one):7.1f} ms   p95 {pct(one, .95):7.1f} ms")
+        print(f"  1 client, boto3 invoke_endpoint p50 {statistics.median(r['boto']):7.1f} ms")
+        print(f"  HTTP round trip, GET /ping      p50 {statistics.median(r['ping']):7.1f} ms")
+        print(f"  {args.clients} clients at once              p50 {statistics.median(many):7.1f} ms   "
+              f"{statistics.median(x[1] for x in r['many_rounds']):6.1f} req/s")
+        print(f"  goal 1-client p50 / bare batch-1:  {statistics.median(p1):.2f}x (target <= 1.15x; rounds "
+              f"{', '.join(f'{x:.2f}' for x in p1)})")
+        print(f"  goal {args.clients}-client req/s / bare batch-8: {statistics.median(p8):.2f}x (target >= 0.90x; "
+              f"rounds {', '.join(f'{x:.2f}' for x in p8)})")
+        if r["cold"]:
+            cold = r["cold"]
+            print(f"cold `bincli predict one.jpg`      median {statistics.median(cold):5.2f} s   "
+                  f"min {min(cold):5.2f} s (target < 0.8 s; {args.cold_rounds} runs)")
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

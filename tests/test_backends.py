@@ -3,8 +3,6 @@ meaning only not found (anything else must never start a second, billed job)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from botocore.exceptions import ClientError
 
@@ -63,13 +61,12 @@ class _DescribeRaises:
 
 
 def test_a_failed_describe_never_starts_a_second_job(tmp_path):
-    job_file = tmp_path / "sagemaker-job.json"
-    job_file.write_text(json.dumps({"job_name": "bincli-1", "fingerprint": "f"}))
+    record = {"job_name": "bincli-1", "fingerprint": "f"}  # as in <workdir>/train/sagemaker-job.json
     gone = _DescribeRaises(_client_error("ValidationException", "Could not find requested job with name bincli-1"))
-    assert _attachable(job_file, "f", gone) is None  # really gone: a new job may start
+    assert _attachable(record, "f", gone) is None  # really gone: a new job may start
     throttled = _DescribeRaises(_client_error("ThrottlingException", "Rate exceeded"))
     with pytest.raises(BincliError, match="checking training job bincli-1"):
-        _attachable(job_file, "f", throttled)  # unknown: stop, start nothing
+        _attachable(record, "f", throttled)  # unknown: stop, start nothing
 
 
 def test_each_teardown_names_the_backend_that_deployed(tmp_path):

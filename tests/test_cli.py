@@ -99,9 +99,9 @@ def test_state_file_written_atomically_and_corrupt_state_is_explained(tmp_path):
 
 
 def test_features_a_backend_lacks_are_refused_with_one_message(in_tmp):
-    result = runner.invoke(app, ["tune", "--set", "backend=sagemaker"])
+    result = runner.invoke(app, ["tune", "--stop"])
     assert result.exit_code == 2, result.output
-    assert "tune: not available on backend sagemaker (available on: local)" in result.output
+    assert "--stop: not available on backend local (available on: sagemaker)" in result.output
     assert not (in_tmp / "bincli-work" / "state.json").exists()  # nothing started, nothing recorded
     for args in (["deploy", "--foreground"], ["deploy", "--update"]):
         result = runner.invoke(app, [*args, "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1"])

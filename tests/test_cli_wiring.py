@@ -348,6 +348,7 @@ def test_config_show_and_validate(in_tmp, monkeypatch):
         "split.input": (None, "default"), "split.ratios": ([0.8, 0.1, 0.1], "default"),
         "split.seed": (7, "env BINCLI_SPLIT__SEED"), "split.classes": ("1-3", str(in_tmp / "bincli.yaml")),
         "split.max_per_class": (9, "flag --set"), "split.layout": ("manifest", "default"),
+        "split.group_near_duplicates": (True, "default"),
     }
     everything = {row["key"]: row["source"] for row in invoke(["config", "show", "--workdir", "w"])["keys"]}
     assert everything["workdir"] == "flag --workdir" and "train.lr" in everything

@@ -184,3 +184,40 @@ def test_atomic_writes_leave_files_others_can_read(tmp_path):
 
     path = atomic_write_text(tmp_path / "train.csv", "id,path,count\n")
     assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "id,path,count\n"
+
+
+@pytest.mark.parametrize(("amp", "device", "capability", "expected"), [
+    ("auto", "cuda", (7, 5), torch.float16),   # T4 (ml.g4dn, the default): bf16 only emulated there
+    ("auto", "cuda", (7, 0), torch.float16),   # V100 (ml.p3)
+    ("auto", "cuda", (8, 0), torch.bfloat16),  # A100
+    ("auto", "cuda", (8, 6), torch.bfloat16),  # A10G (ml.g5)
+    ("auto", "cuda", (9, 0), torch.bfloat16),  # H100/H200
+    ("off", "cuda", (9, 0), None),
+    ("auto", "cpu", None, None),
+    ("on", "cpu", None, torch.bfloat16),
+])
+def test_amp_picks_bf16_only_where_the_gpu_has_it(amp, device, capability, expected):
+    from bincli.core.engine import choose_amp_dtype
+
+    assert choose_amp_dtype(amp, device, capability) == expected
+
+
+
+def test_soft_ordinal_targets_spread_onto_neighbouring_counts():
+    from bincli.core.engine import SoftOrdinalLoss, build_criterion
+
+    loss = build_criterion("soft-ordinal", [1, 2, 3, 4, 5])
+    q = loss.targets
+    assert torch.allclose(q.sum(dim=1), torch.ones(5))
+    assert q[2].argmax() == 2 and q[2, 1] == q[2, 3] > q[2, 0] == q[2, 4]  # symmetric, peaked at the truth
+    # a near miss costs less than a far one, which plain cross-entropy cannot tell apart
+    near = torch.tensor([[0.0, 0.0, 0.0, 4.0, 0.0]])
+    far = torch.tensor([[0.0, 0.0, 0.0, 0.0, 4.0]])
+    target = torch.tensor([2])
+    assert loss(near, target) < loss(far, target)
+    ce = build_criterion("ce", [1, 2, 3, 4, 5])
+    assert ce(near, target) == pytest.approx(ce(far, target).item())
+    smoothed = SoftOrdinalLoss([1, 2, 3], label_smoothing=0.3)
+    assert torch.allclose(smoothed.targets.min(), torch.tensor(0.1), atol=0.05)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; choose from ce, soft-ordinal"):
+        build_criterion("hinge", [1, 2])

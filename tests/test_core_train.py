@@ -18,7 +18,13 @@ import pytest
 import torch
 
 from bincli.artifacts.bundle import write_core_bundle
-from bincli.core.contract import HYPERPARAMETERS, METRIC_REGEX, metric_definitions, parse_epoch_line
+from bincli.core.contract import (
+    BEST_METRICS,
+    HYPERPARAMETERS,
+    METRIC_REGEX,
+    metric_definitions,
+    parse_epoch_line,
+)
 from bincli.core.model import build_model
 from bincli.core.train import get_args_parser, main, run
 from train_blobs import make_channels, make_split
@@ -85,7 +91,12 @@ def test_entry_point_writes_model_metrics_and_lines_the_regexes_read(tmp_path, s
             assert row[name] == pytest.approx(hist[name], abs=1e-6), name
     for definition in metric_definitions():
         values = [float(v) for v in re.findall(definition["Regex"], out)]
-        assert values == [pytest.approx(r[definition["Name"]]) for r in rows], definition  # never a progress line
+        if definition["Name"] in BEST_METRICS:  # the best-so-far line after each epoch line: both tuners' score
+            column, pick = BEST_METRICS[definition["Name"]]
+            expected = [pick(r[column] for r in rows[:i + 1]) for i in range(len(rows))]
+        else:
+            expected = [r[definition["Name"]] for r in rows]
+        assert values == [pytest.approx(v, abs=1e-6) for v in expected], definition  # never a progress line
     assert set(METRIC_REGEX) == {d["Name"] for d in metric_definitions()}
 
 

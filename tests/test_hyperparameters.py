@@ -17,13 +17,14 @@ from bincli.commands.train import train as train_command
 from bincli.commands.tune import tune as tune_command
 from bincli.config import TrainConfig
 from bincli.core.contract import HYPERPARAMETERS
-from bincli.core.engine import OPTIMIZERS, SCHEDULES
+from bincli.core.engine import LOSSES, OPTIMIZERS, SCHEDULES
 from bincli.core.hyperparams import (
     CONFIG_PARAMS,
     DEVICE_CHOICES,
     ENTRY_PARAMS,
     FREEZE_CHOICES,
     LAUNCH_KEYS,
+    LOSS_CHOICES,
     MODEL_CHOICES,
     OPTIMIZER_CHOICES,
     PARAMS_BY_NAME,
@@ -119,6 +120,7 @@ def test_choices_agree_with_the_factories():
             assert typing.get_args(TrainConfig.model_fields[p.name].annotation) == p.choices, p.name
     assert tuple(ARCHITECTURES) == MODEL_CHOICES == PARAMS_BY_NAME["model"].choices
     assert tuple(OPTIMIZERS) == OPTIMIZER_CHOICES and tuple(SCHEDULES) == SCHEDULER_CHOICES
+    assert tuple(LOSSES) == LOSS_CHOICES == PARAMS_BY_NAME["loss"].choices
     assert PARAMS_BY_NAME["freeze"].choices == FREEZE_CHOICES
     assert PARAMS_BY_NAME["device"].choices == DEVICE_CHOICES
     with pytest.raises(ValidationError, match="Input should be 'resnet18', 'resnet34' or 'resnet50'"):

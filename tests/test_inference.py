@@ -52,7 +52,7 @@ def test_answer_for_a_real_jpeg(model, jpeg):
     body, ctype = inference.handle_request(model, jpeg, "image/jpeg", "application/json")
     assert ctype == "application/json"
     out = json.loads(body)
-    assert set(out) == {"count", "label", "confidence", "probabilities"}
+    assert {"count", "label", "confidence", "probabilities"} <= set(out)
     assert list(out["probabilities"]) == model.labels
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert out["confidence"] == max(out["probabilities"].values())

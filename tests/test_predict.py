@@ -30,7 +30,8 @@ PROBE = (
     "    rc = 0\n"
     "except SystemExit as e:\n"
     "    rc = e.code or 0\n"
-    "heavy = sorted(m for m in ('torch', 'torchvision', 'fastapi', 'uvicorn', 'sagemaker') if m in sys.modules)\n"
+    "heavy = sorted(m for m in ('torch', 'torchvision', 'fastapi', 'uvicorn', 'sagemaker', 'onnxruntime')\n"
+    "               if m in sys.modules)\n"
     "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
     "sys.exit(rc)\n"
 )
@@ -81,10 +82,15 @@ def test_deploy_predict_update_teardown(tmp_path, tar, local, abid_sample, monke
     assert {k: row[k] for k in want} == want  # the endpoint answers what the in-process model answers
     assert "HEAVY=\n" in p.stderr  # predict against an endpoint imports no torch (nor the server stack)
 
-    other = next(c for c in (1, 2, 3, 4, 5) if c != row["count"])
-    p = bincli("predict", img, "--expected", other, "-w", work)
+    # an order check: a mismatch threshold between the least and the most likely count's probability
+    other = min(row["probabilities"], key=row["probabilities"].get)
+    cut = (row["probabilities"][other] + row["confidence"]) / 2
+    check = ["--set", f"predict.mismatch_threshold={cut}", "--set", "predict.match_threshold=1.0", "-w", work]
+    p = bincli("predict", img, "--expected", other, *check)
     assert p.returncode == 1 and f"counted other than the expected {other}" in p.stderr
-    assert bincli("predict", img, "--expected", row["count"], "-w", work).returncode == 0
+    p = bincli("predict", img, "--expected", row["count"], "--json", *check)
+    assert p.returncode == 0 and json.loads(p.stdout)["verdict"] == "review"  # sure of neither: exit 0 by default
+    assert bincli("predict", img, "--expected", row["count"], "--review-exit-code", "1", *check).returncode == 1
 
     with pytest.raises(BincliError, match="already exists"):
         deploy(cfg, model=tar)

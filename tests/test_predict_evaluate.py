@@ -57,6 +57,13 @@ def test_endpoint_and_in_process_evaluation_agree(work, tar):
     for key in ("log_loss", "rmse", "mae"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert a["baseline"] == b["baseline"] and a["baseline"]["n"] == n_test
+    # the count-aware metrics agree too, each beside the baseline's
+    for key in ("ece", "coverage", "total_count", "count_errors"):
+        assert a[key] == b[key], key  # the same floats: JSON round-trips them exactly
+        assert key in a["baseline"], key
+    assert a["count_errors"]["argmax"]["mae"] == pytest.approx(a["mae"])
+    assert a["total_count"]["true"] == sum(int(r) for r in [row["count"] for row in
+                                            csv.DictReader(io.StringIO(Path(local["predictions"]).read_text()))])
     assert remote["source"].startswith("'bincli-local' at http://127.0.0.1:")
 
     # What is on disk says the same: the predictions' hit rate is the accuracy.
@@ -64,14 +71,18 @@ def test_endpoint_and_in_process_evaluation_agree(work, tar):
     assert len(rows) == n_test
     assert sum(r["count"] == r["predicted"] for r in rows) / n_test == pytest.approx(b["accuracy"])
     assert json.loads(Path(remote["metrics"]).read_text())["confusion_matrix"] == b["confusion_matrix"]
-    assert Path(remote["figures"]["confusion_matrix"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("confusion_matrix", "reliability", "coverage"):
+        assert Path(remote["figures"][figure]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert {"expected_count", "count_range"} <= set(rows[0])
     assert State(work.workdir).outputs("evaluate")["accuracy"] == b["accuracy"]
 
 
 def test_evaluate_command_prints_the_metrics_table(work, tar):
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tar), "--split", "valid", "-w", str(work.workdir)])
     assert result.exit_code == 0, result.output
-    for line in ("accuracy", "log-loss", "RMSE (count)", "MAE (count)", "accuracy of class 1", "baseline"):
+    for line in ("accuracy", "log-loss", "RMSE (count)", "MAE (count)", "accuracy of class 1", "baseline",
+                 "MAE (median count)", "RMSE (expected count)", "calibration error (ECE)",
+                 "accuracy of the 50% most confident", "total count error"):
         assert line in result.stderr, line
     json_run = CliRunner().invoke(app, ["evaluate", "--model", str(tar), "--json", "-w", str(work.workdir)])
     out = json.loads(json_run.stdout)

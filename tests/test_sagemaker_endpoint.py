@@ -1,16 +1,21 @@
 """`bincli deploy` / `teardown` on backend sagemaker, against a moto server (SageMaker + S3).
 
 moto answers invoke_endpoint with a 500 for any JPEG body, so predicting through a SageMaker
-endpoint is not tested here; the same client path is tested against bincli's local endpoint."""
+endpoint is not tested here; the same client path is tested against bincli's local endpoint.
+moto lacks UpdateEndpoint: `deploy --update` gets it from endpoint_standin.py (says what it fakes)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
+import pytest
 from typer.testing import CliRunner
 
+from bincli.backends.sagemaker.endpoint import resource_name
 from bincli.cli import app
 from bincli.state import State
+from endpoint_standin import UpdateEndpointStandIn
 from serving_support import model_tar
 
 runner = CliRunner()
@@ -96,3 +101,119 @@ def test_deploy_without_a_model_or_a_bucket_is_one_clear_error(sagemaker_env, tm
     result = runner.invoke(app, ["deploy", *_sagemaker_args(workdir, None, role)])
     assert result.exit_code == 2 and "sagemaker.bucket: required" in result.output
     assert State(workdir).outputs("deploy") is None
+
+
+# ---------------------------------------------------------------- deploy --update (UpdateEndpoint from a stand-in)
+def _deploy_with_scaling(sm, bucket, role, workdir, name):
+    # Models a SageMaker training job left in S3 (moto never runs them: their bytes play no part).
+    State(workdir).record("train", {"model_s3": f"s3://{bucket}/v1/model.tar.gz"})
+    args = [*_sagemaker_args(workdir, bucket, role), "--set", f"deploy.name={name}",
+            "--set", "deploy.autoscaling.min_instances=1", "--set", "deploy.autoscaling.max_instances=3",
+            "--set", "deploy.autoscaling.target_invocations_per_instance=300"]
+    first = json.loads(runner.invoke(app, ["deploy", *args, "--json"]).stdout)
+    State(workdir).record("train", {"model_s3": f"s3://{bucket}/v2/model.tar.gz"})  # the next model
+    return args, first
+
+
+def _scaling(name):
+    import boto3
+
+    aas = boto3.client("application-autoscaling")
+    rid = f"endpoint/{name}/variant/AllTraffic"
+    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
+    found = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]
+    policies = [p for p in found if p["ResourceId"] == rid]
+    return [(t["MinCapacity"], t["MaxCapacity"]) for t in targets], [
+        p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies]
+
+
+def test_update_moves_the_endpoint_to_a_new_model_then_deletes_the_old_one(sagemaker_env, tmp_path, in_tmp,
+                                                                           monkeypatch):
+    _, sm, bucket, role = sagemaker_env
+    standin = UpdateEndpointStandIn().install(monkeypatch)
+    name = f"bincli-upd-{uuid.uuid4().hex[:8]}"
+    args, first = _deploy_with_scaling(sm, bucket, role, tmp_path / "work", name)
+
+    without = runner.invoke(app, ["deploy", *args])
+    assert without.exit_code == 1 and "--update" in without.output
+
+    result = runner.invoke(app, ["deploy", *args, "--update", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["action"] == "updated" and out["replaced"] == first["model_s3"] != out["model_s3"]
+    new_model, new_config = out["models"][0], out["endpoint_configs"][0]
+    assert new_config != first["endpoint_configs"][0]
+    assert standin.calls == [{"EndpointName": name, "EndpointConfigName": new_config}]
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == new_config
+    assert sm.describe_model(ModelName=new_model)["PrimaryContainer"]["ModelDataUrl"] == out["model_s3"]
+    assert not _exists(sm.describe_endpoint_config, EndpointConfigName=first["endpoint_configs"][0])
+    assert not _exists(sm.describe_model, ModelName=first["models"][0])
+    assert _scaling(name) == ([(1, 3)], [300.0])  # scaling survived the update
+    assert State(workdir := tmp_path / "work").outputs("deploy")["models"] == [new_model]
+
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+    assert _scaling(name) == ([], [])
+    assert not _exists(sm.describe_model, ModelName=new_model)
+    assert State(workdir).outputs("deploy") is None
+
+
+@pytest.mark.parametrize("how", ["rolled back", "refused"])
+def test_a_failed_update_leaves_the_old_model_serving_and_deletes_the_new_one(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch, how):
+    _, sm, bucket, role = sagemaker_env
+    standin = UpdateEndpointStandIn().install(monkeypatch)
+    if how == "rolled back":
+        standin.fail_reason = "The primary container for variant AllTraffic did not pass the ping health check"
+    else:
+        standin.error = "Cannot update in-progress endpoint"
+    name = f"bincli-upd-{uuid.uuid4().hex[:8]}"
+    args, first = _deploy_with_scaling(sm, bucket, role, tmp_path / "work", name)
+
+    result = runner.invoke(app, ["deploy", *args, "--update"])
+    assert result.exit_code == 1
+    assert f"update of endpoint '{name}' failed" in result.output
+    assert (standin.fail_reason or standin.error) in result.output
+    assert f"still serves the previous model {first['model_s3']}" in result.output
+    [tried] = standin.calls
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == first["endpoint_configs"][0]
+    assert not _exists(sm.describe_endpoint_config, EndpointConfigName=tried["EndpointConfigName"])
+    assert not _exists(sm.describe_model, ModelName=tried["EndpointConfigName"])  # model and config share the name
+    assert _exists(sm.describe_model, ModelName=first["models"][0])
+    record = State(tmp_path / "work").outputs("deploy")
+    assert (record["models"], record["model_s3"]) == (first["models"], first["model_s3"]) and "update" not in record
+    assert _scaling(name) == ([(1, 3)], [300.0])  # put back on the old variant
+
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+    assert _scaling(name) == ([], [])
+
+
+# ---------------------------------------------------------------- names and regions (issue 11)
+@pytest.mark.parametrize("base", ["x" * 62, "a" * 46 + "-" + "b" * 16, "a" * 47 + "--b", "short"])
+def test_model_and_config_names_fit_sagemakers_rule(base):
+    import re
+
+    stamp = "20261201-054412"
+    name = resource_name(base, stamp)
+    assert len(name) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name), name
+    assert name.endswith(stamp) and base.startswith(name[: -len(stamp) - 1])
+    assert resource_name(base, stamp, taken={name}).endswith(f"{stamp}-2")
+    assert len(resource_name(base, stamp, taken={name})) <= 63
+
+
+def test_a_long_endpoint_name_deploys_and_teardown_uses_the_records_region(sagemaker_env, tmp_path,
+                                                                           tmp_path_factory, in_tmp, monkeypatch):
+    _, sm, bucket, role = sagemaker_env
+    workdir = tmp_path / "work"
+    State(workdir).record("train", {"model": str(model_tar(tmp_path_factory.getbasetemp()))})
+    name = f"b{uuid.uuid4().hex[:8]}" + "-x" * 26 + "y"  # 62 characters: a plain cut at 63 would end in '-'
+    args = [*_sagemaker_args(workdir, bucket, role), "--set", f"deploy.name={name}"]
+    out = json.loads(runner.invoke(app, ["deploy", *args, "--json"]).stdout)
+    assert len(out["models"][0]) <= 63 and not out["models"][0].endswith("-")
+    assert _exists(sm.describe_endpoint, EndpointName=name)
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")  # no region in the config or the environment now
+    no_region = ["-w", str(workdir), "--set", "backend=sagemaker", "--set", f"deploy.name={name}"]
+    result = runner.invoke(app, ["teardown", *no_region])
+    assert result.exit_code == 0, result.output
+    assert not _exists(sm.describe_endpoint, EndpointName=name)
+    assert not _exists(sm.describe_model, ModelName=out["models"][0])

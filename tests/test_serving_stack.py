@@ -113,6 +113,8 @@ def sagemaker_stack(tar, tmp_path_factory):
             TS_METRICS_ADDRESS=f"http://127.0.0.1:{metrics}",
             TS_GRPC_INFERENCE_PORT=str(grpc_i), TS_GRPC_MANAGEMENT_PORT=str(grpc_m),
             TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(work / "logs"), METRICS_LOCATION=str(work / "logs"),
+            # As in SageMaker's PyTorch image, which has no onnxruntime: the handler must pick TorchScript.
+            BINCLI_RUNTIME="torchscript,eager",
         )
         log_path = root / "serve.log"
         with open(log_path, "wb") as log:
@@ -165,6 +167,10 @@ def test_real_jpegs_get_the_same_answer(sagemaker_stack, bincli_server, abid_sam
         assert (a["count"], a["label"]) == (b["count"], b["label"]), path.name
         assert list(a["probabilities"]) == list(b["probabilities"])
         assert list(a["probabilities"].values()) == pytest.approx(list(b["probabilities"].values()), abs=1e-4)
+        # the count-aware fields (core/counting.py) come back from the real stack too
+        assert set(a) == set(b) >= {"expected_count", "median_count", "count_range", "confidence"}
+        assert (a["median_count"], a["count_range"]) == (b["median_count"], b["count_range"]), path.name
+        assert a["expected_count"] == pytest.approx(b["expected_count"], abs=1e-4)
 
 
 def test_bad_inputs_get_the_same_4xx(sagemaker_stack, bincli_server, abid_sample):
@@ -195,3 +201,12 @@ def test_the_stack_ran_the_handler_bundled_in_model_tar(sagemaker_stack, tmp_pat
     handlers = re.findall(r"with handler (\S+)", logs)
     assert handlers, logs[-2000:]
     assert all(h.endswith("/code/bincli/core/inference.py") for h in handlers), handlers
+
+
+def test_the_stack_serves_the_optimized_graph(sagemaker_stack, tmp_path_factory):
+    # Without onnxruntime (SageMaker's PyTorch image) the handler serves frozen TorchScript, not eager;
+    # test_real_jpegs_get_the_same_answer compares its answers with bincli's server (ONNX Runtime if installed).
+    logs = "".join(p.read_text(errors="replace")
+                   for p in Path(tmp_path_factory.getbasetemp()).glob("sagemaker*/work/logs/*.log"))
+    chosen = re.findall(r"runtime (\S+) chosen", logs)
+    assert chosen and set(chosen) == {"torchscript"}, logs[-2000:]

@@ -172,3 +172,75 @@ def test_abid_sample_split(abid_sample, tmp_path):
     assert (out["train"], out["valid"], out["test"]) == (1025, 130, 125)
     assert out["rejected"] == 0
     assert out["outside_classes"] == 59 + 134
+
+
+# ---------------------------------------------------------------- near-duplicates (issue 13)
+def _near_pair(data: Path, ids: tuple[str, str], count: int) -> None:
+    """Two photos of one bin: a seeded block pattern (unlike the generated noise bins, whose
+    unseeded noise could sit near anything) and the same a little brighter, re-encoded."""
+    import numpy as np
+    from PIL import Image, ImageEnhance
+
+    grid = np.random.default_rng(7).integers(40, 201, size=(6, 8)).astype(np.uint8)
+    im = Image.fromarray(grid, "L").resize((64, 48), Image.Resampling.NEAREST).convert("RGB")
+    im.save(data / "images" / f"{ids[0]}.jpg", quality=95)
+    ImageEnhance.Brightness(im).enhance(1.15).save(data / "images" / f"{ids[1]}.jpg", quality=80)
+    for id_ in ids:
+        write_metadata(data / "metadata" / f"{id_}.json", count)
+
+
+def _where(out: dict) -> dict[str, str]:
+    return {r["id"]: s for s in ("train", "valid", "test") for r in _rows(out["manifests"][s])}
+
+
+def _per_class(out: dict) -> dict[str, tuple[int, int, int]]:
+    return {row["class"]: (row["train"], row["valid"], row["test"]) for row in out["table"]}
+
+
+def test_near_duplicates_are_kept_in_one_split(data, tmp_path):
+    _near_pair(data, ("00600", "00601"), 1)
+    # A seed whose plain split puts the pair on two sides (found, not assumed).
+    seed, plain = next((s, out) for s in range(40)
+                       if (out := run_split(SplitConfig(input=data, seed=s, group_near_duplicates=False),
+                                            tmp_path / f"plain-{s}"))
+                       and len({_where(out)["00600"], _where(out)["00601"]}) == 2)
+    assert plain["near_duplicates"] is None and "near_duplicates" not in json.loads(Path(plain["report"]).read_text())
+    grouped = run_split(SplitConfig(input=data, seed=seed), tmp_path / "grouped")
+    where = _where(grouped)
+    assert where["00600"] == where["00601"]
+    assert grouped["near_duplicates"] == {"groups": 1, "groups_moved": 1, "images_moved": 1, "unbalanced": 0}
+    assert json.loads(Path(grouped["report"]).read_text())["near_duplicates"] == grouped["near_duplicates"]
+    # Stratification holds: one ungrouped photo of the same class went the other way.
+    assert _per_class(grouped) == _per_class(plain)
+    assert sum(1 for i in where if where[i] != _where(plain)[i]) == 2
+    # Same inputs and seed: the same bytes.
+    again = run_split(SplitConfig(input=data, seed=seed), tmp_path / "again")
+    for s in ("train", "valid", "test"):
+        assert Path(again["manifests"][s]).read_bytes() == Path(grouped["manifests"][s]).read_bytes()
+
+
+def test_keep_groups_together_across_classes_and_when_no_swap_is_left():
+    from bincli.core.classes import ClassSpec
+    from bincli.data.split import Item, keep_groups_together
+
+    def item(id_, count):
+        return Item(id_, f"images/{id_}.jpg", count)
+
+    splits = {"train": [item("a", 1), item("b", 2), item("c", 2)], "valid": [item("d", 1)],
+              "test": [item("e", 2)]}
+    # {a, d, e}: each side holds one member and train wins ties; e (class 2) swaps with c
+    # (c: b is grouped, even if its partner is not in this split); d (class 1) finds no ungrouped
+    # class-1 photo in train: unbalanced.
+    out, stats = keep_groups_together(splits, [["a", "d", "e"], ["b", "x"]], ClassSpec.parse("1-5"), seed=0)
+    ids = {name: [it.id for it in items] for name, items in out.items()}
+    assert {"a", "d", "e"} <= set(ids["train"])
+    assert stats == {"groups": 1, "groups_moved": 1, "images_moved": 2, "unbalanced": 1}
+    assert ids == {"train": ["a", "b", "d", "e"], "valid": [], "test": ["c"]}
+
+
+def test_cli_split_no_group_flag(data, tmp_path, in_tmp):
+    result = runner.invoke(app, ["split", "-w", str(tmp_path / "w"), "--input", str(data),
+                                 "--no-group-near-duplicates", "--json"])
+    assert result.exit_code == 0, result.output
+    assert State(tmp_path / "w").step("split")["config"]["group_near_duplicates"] is False
+    assert json.loads(result.stdout)["near_duplicates"] is None

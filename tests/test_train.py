@@ -151,7 +151,11 @@ def test_train_step_with_two_ddp_processes(tmp_path):
     alone = evaluate(model, build_loader(valid, 8, ShardSampler(len(valid)), 0), ctx=DistContext(),
                      labels=spec.labels, counts=spec.counts)
     assert job["valid"]["n"] == 5 and job["valid"]["confusion_matrix"] == alone["confusion_matrix"]
-    assert job["valid"]["log_loss"] == pytest.approx(alone["log_loss"], rel=1e-4)
+    # the logits gathered from both ranks give the one-process log-loss; the reported one is after the
+    # temperature fitted on them (never higher)
+    assert job["calibration"]["valid_log_loss_before"] == pytest.approx(alone["log_loss"], rel=1e-4)
+    assert job["valid"]["log_loss"] == pytest.approx(job["calibration"]["valid_log_loss_after"], rel=1e-6)
+    assert job["valid"]["log_loss"] <= alone["log_loss"] + 1e-6
 
     assert set(json.loads(Path(result["metrics"]).read_text())) >= REPORT_KEYS
     _check_model_tar(Path(result["model"]))
@@ -174,7 +178,8 @@ def test_cli_train_end_to_end_then_rerun_has_nothing_to_resume(in_tmp):
     assert out["hyperparameters"]["epochs"] == 1  # flags still apply
     assert out["split"] == "test" and out["report"]["n"] == 12 and out["best_epoch"] == 1
     report = Path(out["report_dir"])
-    assert sorted(p.name for p in report.iterdir()) == ["confusion-matrix.png", "learning-curves.png", "metrics.json"]
+    assert sorted(p.name for p in report.iterdir()) == ["accuracy-coverage.png", "confusion-matrix.png",
+                                                        "learning-curves.png", "metrics.json", "reliability.png"]
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics) >= REPORT_KEYS and set(metrics["baseline"]) >= {"accuracy", "log_loss", "rmse", "mae"}
     _check_model_tar(Path(out["model"]))

@@ -18,6 +18,8 @@ from typer.core import TyperGroup
 from bincli import __version__, lock
 from bincli.commands import config as config_cmd
 from bincli.commands import deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
+from bincli.commands import inspect as inspect_cmd
+from bincli.commands import loadtest as loadtest_cmd
 from bincli.console import err, set_quiet
 from bincli.errors import BincliError, ConfigError
 from bincli.logsafe import redact, setup_logging
@@ -93,6 +95,7 @@ def _main(
 
 # The pipeline, in the order it runs.
 app.command("download")(download.download)
+app.command("inspect")(inspect_cmd.inspect)
 app.command("split")(split.split)
 app.command("upload")(upload.upload)
 app.command("tune")(tune.tune)
@@ -100,6 +103,7 @@ app.command("train")(train.train)
 app.command("deploy")(deploy.deploy)
 app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
+app.command("loadtest")(loadtest_cmd.loadtest)
 app.command("teardown")(teardown.teardown)
 # Workspace and config.
 app.command("status")(status.status)

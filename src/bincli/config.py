@@ -109,6 +109,7 @@ class SplitConfig(Section):
     classes: Classes = "1-5"
     max_per_class: int | None = Field(None, gt=0)
     layout: Literal["manifest", "folders"] = "manifest"
+    group_near_duplicates: bool = True  # keep near-copies in one split (data/near_duplicates.py)
 
     @field_validator("ratios")
     @classmethod
@@ -120,6 +121,12 @@ class SplitConfig(Section):
         if abs(sum(ratios) - 1.0) > 1e-6:
             raise ValueError(f"must sum to 1.0, got {round(sum(ratios), 6)}")
         return ratios
+
+
+class InspectConfig(Section):
+    input: Path | None = None
+    per_class: int = Field(8, ge=1, le=100)
+    top_losses: int = Field(24, ge=1, le=1000)
 
 
 class UploadConfig(Section):
@@ -169,14 +176,61 @@ class SearchSpace(Section):
     optimizer: list[Literal[OPTIMIZER_CHOICES]] | None = None  # type: ignore[valid-type]
     freeze: list[Literal[FREEZE_CHOICES]] | None = None  # type: ignore[valid-type]
 
+    def searched(self, fixed: set[str]) -> dict[str, Any]:
+        """The searched hyperparameters (train config names) and their ranges or choices, less
+        those fixed by flags: what both backends' tuners search."""
+        return {name: value for name, value in self.model_dump().items() if value is not None and name not in fixed}
+
 
 class TuneConfig(Section):
     max_jobs: int = Field(8, ge=1, le=500)
     max_parallel: int = Field(1, ge=1, le=100)
     epochs: int = Field(3, ge=1, le=1000)
     objective: Literal["valid_loss", "valid_acc"] = "valid_loss"
+    # bayesian: Optuna TPE / SageMaker Bayesian; random; hyperband: stops weak trials early by epochs.
+    strategy: Literal["bayesian", "random", "hyperband"] = "bayesian"
     seed: int = 0
     search_space: SearchSpace = SearchSpace()
+
+
+class AutoscalingConfig(Section):
+    """Application Auto Scaling of a SageMaker endpoint's variant (target tracking on invocations)."""
+
+    min_instances: int = Field(1, ge=1, le=100)
+    max_instances: int = Field(4, ge=1, le=100)
+    # Per instance per MINUTE (SageMakerVariantInvocationsPerInstance). 400 = 13 req/s measured with one
+    # worker (75 ms, SAGEMAKER-SERVING.md) x 60 x 0.5 safety, AWS's guidance.
+    target_invocations_per_instance: float = Field(400.0, gt=0)
+    scale_in_cooldown_s: int = Field(300, ge=0, le=86400)
+    scale_out_cooldown_s: int = Field(60, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _max_covers_min(self) -> AutoscalingConfig:
+        if self.max_instances < self.min_instances:
+            raise ValueError(f"max_instances ({self.max_instances}) must be >= min_instances "
+                             f"({self.min_instances})")
+        return self
+
+
+def _check_memory(value: int) -> int:
+    if value not in range(1024, 6145, 1024):
+        raise ValueError(f"must be 1024, 2048, 3072, 4096, 5120 or 6144 (MB), got {value!r}")
+    return value
+
+
+class ServerlessConfig(Section):
+    """A SageMaker serverless endpoint: CPU only, 4 MB payloads, 60 s per invocation."""
+
+    memory_mb: Annotated[int, AfterValidator(_check_memory)] = 2048
+    max_concurrency: int = Field(5, ge=1, le=200)
+    provisioned_concurrency: int | None = Field(None, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _provisioned_within_max(self) -> ServerlessConfig:
+        if self.provisioned_concurrency is not None and self.provisioned_concurrency > self.max_concurrency:
+            raise ValueError(f"provisioned_concurrency ({self.provisioned_concurrency}) must be <= "
+                             f"max_concurrency ({self.max_concurrency})")
+        return self
 
 
 class DeployConfig(Section):
@@ -185,11 +239,28 @@ class DeployConfig(Section):
     port: int = Field(8080, ge=0, le=65535)
     model: Path | None = None
     threads: int = Field(4, ge=1, le=64)
+    instances: int = Field(1, ge=1, le=16)  # local server processes on one port (SO_REUSEPORT)
     startup_timeout: float = Field(120.0, gt=0)
     # Against clients that hold connections without using them (the local endpoint's server).
     body_timeout: float = Field(30.0, gt=0, le=3600)
     keep_alive_timeout: float = Field(5.0, gt=0, le=3600)
     max_connections: int = Field(64, ge=1, le=10_000)
+    # Micro-batching in the local server: concurrent requests' images run as one forward (1 = off: on
+    # 2 CPUs ONNX Runtime's batch 8 is no cheaper per image than batch 1, and bench/serve.py measured it off
+    # as fast or faster at 1 and 8 clients; it pays where a batch uses cores one image cannot).
+    max_batch_size: int = Field(1, ge=1, le=64)
+    max_batch_delay_ms: float = Field(0.0, ge=0, le=1000)
+    # SageMaker endpoints (backend sagemaker; the local backend refuses them through its capability table).
+    autoscaling: AutoscalingConfig | None = None
+    serverless: ServerlessConfig | None = None
+    model_server_workers: int | None = Field(None, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _serverless_or_autoscaling(self) -> DeployConfig:
+        if self.serverless is not None and self.autoscaling is not None:
+            raise ValueError("serverless and autoscaling exclude each other (a serverless endpoint scales "
+                             "by max_concurrency); set one of them to null")
+        return self
 
 
 class PredictConfig(Section):
@@ -197,6 +268,18 @@ class PredictConfig(Section):
     endpoint_url: Url | None = None
     timeout: float = Field(30.0, gt=0)
     concurrency: int = Field(8, ge=1, le=256)
+    # Count-aware answers and order checks (core/counting.py holds the same defaults; a test checks).
+    count_range_level: float = Field(0.8, gt=0, le=1)
+    match_threshold: float = Field(0.8, gt=0, le=1)
+    mismatch_threshold: float = Field(0.1, ge=0, lt=1)
+    review_exit_code: int = Field(0, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> PredictConfig:
+        if self.mismatch_threshold >= self.match_threshold:
+            raise ValueError(f"mismatch_threshold ({self.mismatch_threshold}) must be below match_threshold "
+                             f"({self.match_threshold})")
+        return self
 
 
 class SageMakerConfig(Section):
@@ -232,6 +315,7 @@ class Config(Section):
     backend: Literal["local", "sagemaker"] = "local"
     download: DownloadConfig = DownloadConfig()
     split: SplitConfig = SplitConfig()
+    inspect: InspectConfig = InspectConfig()
     upload: UploadConfig = UploadConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()

@@ -5,9 +5,12 @@
     <workdir>/splits/                    split: <fingerprint>/ (one whole split) and links to it:
                                          train.csv, valid.csv, test.csv, split-report.json
     <workdir>/train/                     the training run: train.log, checkpoints/, model/, output/
-    <workdir>/cache/                     pre-resized images (kept between runs)
+    <workdir>/cache/                     pre-resized images (kept between runs); image-facts.sqlite:
+                                         per-photo figures of inspect and split, by sha256
     <workdir>/model/model.tar.gz         the packaged model (SageMaker layout) deploy serves
-    <workdir>/report/                    train's report; report/evaluate-<split>/ evaluate's
+    <workdir>/report/                    train's report; report/evaluate-<split>/ evaluate's;
+                                         report/data/ inspect's (index.html, data-summary.json);
+                                         report/loadtest-<endpoint>/ loadtest's (steps.csv, PNG)
     <workdir>/tune/                      tune-results.csv, study.db, trial-NNN/
     <workdir>/endpoints/<name>/          a local endpoint's log and extracted model
 """

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bincli.console import err, is_quiet
-from bincli.core.contract import parse_epoch_line, parse_progress_line
+from bincli.core.contract import parse_best_line, parse_epoch_line, parse_progress_line
 
 log = logging.getLogger("bincli.progress")
 
@@ -255,6 +255,8 @@ class TrainProgress:
             self.epoch_rows.append(row)
             self._close_bar()
             self._print(self.epoch_summary(row, self.epochs))
+            return
+        if parse_best_line(text) is not None:  # the tuners' score: the epoch summary already shows it
             return
         text = _LOG_PREFIX.sub("", text)
         self.tail.append(text.strip())

@@ -2,19 +2,23 @@
 
 A bundle is a folder holding `bincli/__init__.py` (empty), `bincli/core/*.py` copied unchanged,
 and one-line entry scripts (`train.py`, `inference.py`) that import from it. The training job's
-source dir and the model's `code/` folder are both such bundles.
+source dir and the model's `code/` folder are both such bundles. package_model() also puts the
+ONNX inference graph beside model.pth (export.py); no code/requirements.txt (see core/runtimes.py).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import tarfile
 from pathlib import Path
 
-from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT, MODEL_INFO_FILE, TRAIN_SCRIPT, WEIGHTS_FILE
+from bincli.core.contract import CODE_DIR, GRAPH_KEY, INFERENCE_SCRIPT, MODEL_INFO_FILE, TRAIN_SCRIPT, WEIGHTS_FILE
 from bincli.core.fileio import atomic_write_bytes
 
 CORE_DIR = Path(__file__).parents[1] / "core"  # src/bincli/core
+log = logging.getLogger(__name__)
 
 ENTRY_SCRIPTS = {
     TRAIN_SCRIPT: (
@@ -45,8 +49,10 @@ def write_core_bundle(dest: Path) -> Path:
     return dest
 
 
-def package_model(model_dir: Path, out_tar: Path) -> Path:
-    """model.tar.gz in SageMaker's layout: model.pth, model_info.json, code/ (a core bundle).
+def package_model(model_dir: Path, out_tar: Path, graph: bool = True) -> Path:
+    """model.tar.gz in SageMaker's layout: model.pth, model_info.json, code/ (a core bundle), and with
+    `graph` the ONNX inference graph (model.onnx, recorded in model_info.json's "graph"; see
+    artifacts/export.py). An export that fails is one warning: the archive is served without it.
 
     Written atomically: a reader never sees a half-written archive.
     """
@@ -58,18 +64,37 @@ def package_model(model_dir: Path, out_tar: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     write_core_bundle(staging / CODE_DIR)
+    extra = _export_graph(model_dir, staging) if graph else []
     tmp_tar = Path(out_tar).parent / f".{Path(out_tar).name}.tmp"
     try:
         # Level 1: the weights barely compress, and level 9 costs seconds on every train run.
         with tarfile.open(tmp_tar, "w:gz", compresslevel=1) as tar:
             tar.add(model_dir / WEIGHTS_FILE, arcname=WEIGHTS_FILE)
-            tar.add(model_dir / MODEL_INFO_FILE, arcname=MODEL_INFO_FILE)
+            info = staging / MODEL_INFO_FILE if (staging / MODEL_INFO_FILE).is_file() else model_dir / MODEL_INFO_FILE
+            tar.add(info, arcname=MODEL_INFO_FILE)
+            for name in extra:
+                tar.add(staging / name, arcname=name)
             tar.add(staging / CODE_DIR, arcname=CODE_DIR, filter=_no_pycache)
         atomic_write_bytes(out_tar, tmp_tar.read_bytes())
     finally:
         tmp_tar.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return Path(out_tar)
+
+
+def _export_graph(model_dir: Path, staging: Path) -> list[str]:
+    """Export the graph into `staging` with model_info.json naming it; the files to add to the archive."""
+    try:
+        from bincli.artifacts.export import export_onnx
+
+        record = export_onnx(model_dir, staging)
+    except Exception as exc:  # the archive still serves (eager or TorchScript): say why it has no graph
+        log.warning("model.tar.gz without an ONNX graph (served by TorchScript or eager instead): %s",
+                    " ".join(str(exc).split())[:300] or type(exc).__name__)
+        return []
+    info = json.loads((model_dir / MODEL_INFO_FILE).read_text(encoding="utf-8"))
+    (staging / MODEL_INFO_FILE).write_text(json.dumps({**info, GRAPH_KEY: record}, indent=2), encoding="utf-8")
+    return [record["file"]]
 
 
 def _no_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.core.classes import ClassSpec
-from bincli.core.contract import MODEL_INFO_FILE, MODEL_INFO_KEYS, WEIGHTS_FILE
+from bincli.core.contract import GRAPH_FORMATS, GRAPH_KEY, MODEL_INFO_FILE, MODEL_INFO_KEYS, WEIGHTS_FILE
 from bincli.core.hyperparams import MODEL_CHOICES, PARAMS_BY_NAME
 from bincli.errors import DataError
 
@@ -339,7 +339,7 @@ def read_model_info_file(path: Path, archive: Path) -> dict[str, Any]:
 
 
 def parse_model_info(data: bytes, where: Path | str) -> dict[str, Any]:
-    """The model_info.json contract: arch, classes, image_size (+ optional labels, mean, std)."""
+    """The model_info.json contract: arch, classes, image_size (+ optional labels, mean, std, graph)."""
     what = f"{where}: {MODEL_INFO_FILE}"
     if len(data) > MAX_INFO_BYTES:
         raise DataError(f"{what} is over {_size(MAX_INFO_BYTES)}")
@@ -377,7 +377,25 @@ def parse_model_info(data: bytes, where: Path | str) -> dict[str, Any]:
                 or (key == "std" and not all(v > 0 for v in value))):
             raise DataError(f"{what}: {key} {_json(value)} is not 3 finite numbers"
                             + (" above 0" if key == "std" else ""))
+    _check_graph(info.get(GRAPH_KEY), what)
     return info
+
+
+def _check_graph(graph: Any, what: str) -> None:
+    """The optional "graph" record (artifacts/export.py): absent in archives packaged before graphs."""
+    if graph is None:
+        return
+    expected = '{"format": "onnx", "file": "model.onnx", ...}'
+    if not isinstance(graph, dict) or graph.get("format") not in GRAPH_FORMATS:
+        raise DataError(f"{what}: {GRAPH_KEY} {_json(graph)} is not an inference graph record like {expected}")
+    name = graph.get("file")
+    if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", name)
+            or name in (WEIGHTS_FILE, MODEL_INFO_FILE)):
+        raise DataError(f"{what}: {GRAPH_KEY}.file {_json(name)} is not a file name at the top of the archive "
+                        "(like \"model.onnx\")")
+    opset = graph.get("opset")
+    if opset is not None and (type(opset) is not int or not 1 <= opset <= 1000):
+        raise DataError(f"{what}: {GRAPH_KEY}.opset {_json(opset)} is not a whole number from 1 to 1000")
 
 
 def _size(n: int) -> str:

@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 
 # Which backend offers each optional feature: the one table behind every "not available" message.
 CAPABILITIES: dict[str, tuple[str, ...]] = {
-    "tune": ("local",),                  # SageMaker tuning jobs: issue 11
-    "--no-wait": ("sagemaker",),         # a local run is this process
+    "tune": ("local", "sagemaker"),      # Optuna trials here; a SageMaker hyperparameter tuning job there
+    "--no-wait": ("sagemaker",),         # a local run (train, tune) is this process
+    "--stop": ("sagemaker",),            # tune --stop: a local search stops with Ctrl-C
     "--foreground": ("local",),          # a SageMaker endpoint runs on AWS
-    "--update": ("local",),              # SageMaker UpdateEndpoint: issue 12
-    "deploy.serverless": (),             # issue 12
-    "deploy.autoscaling": (),            # issue 12
+    "--update": ("local", "sagemaker"),  # a new server process; UpdateEndpoint to a new endpoint config
+    "deploy.serverless": ("sagemaker",),  # a SageMaker serverless endpoint config
+    "deploy.autoscaling": ("sagemaker",),  # Application Auto Scaling of the endpoint's variant
+    "teardown --all": ("sagemaker",),    # resources found by tag; a local endpoint is only its record
 }
 
 
@@ -72,11 +74,15 @@ class Backend(Protocol):
     def train(self, hp: Mapping[str, Any], split: Mapping[str, Any], *, from_tune: bool, fresh: bool, wait: bool,
               console: Any, live: bool | None) -> TrainingRun: ...
 
-    def tune(self, fixed: set[str], console: Any) -> dict[str, Any]: ...
+    def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]: ...
 
     def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]: ...
 
     def teardown(self, name: str | None) -> dict[str, Any]: ...
+
+    def teardown_all(self) -> dict[str, Any]: ...
+
+    def endpoint_status(self) -> dict[str, Any] | None: ...
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor: ...
 
@@ -93,6 +99,16 @@ class BaseBackend:
 
     def require(self, feature: str) -> None:
         require(self.name, feature)
+
+    def require_deploy_config(self) -> None:
+        """Refuse the deploy sections this backend cannot honour (deploy.serverless, deploy.autoscaling)."""
+        for key in ("serverless", "autoscaling"):
+            if getattr(self.cfg.deploy, key) is not None:
+                self.require(f"deploy.{key}")
+
+    def teardown_all(self) -> dict[str, Any]:
+        self.require("teardown --all")
+        raise AssertionError("unreachable: a backend offering teardown --all implements it")
 
 
 def get_backend(cfg: Config) -> Backend:

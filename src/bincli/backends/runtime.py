@@ -2,7 +2,8 @@
 
 For the local backend it is pointed at the local server with endpoint_url and sends unsigned
 requests (no AWS account); for backend sagemaker it reaches the real endpoint with boto3's
-credentials. No torch here, so a cold `bincli predict` answers fast.
+credentials. No torch here, so a cold `bincli predict` answers fast. A body over the backend's
+`max_payload` (SageMaker: 6 MB, 4 MB serverless) is refused here, before it is sent.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ class EndpointPredictor:
     """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
 
     def __init__(self, name: str, url: str | None = None, region: str | None = None, timeout: float = 30.0,
-                 concurrency: int = 8, signed: bool = False):
+                 concurrency: int = 8, signed: bool = False, max_payload: int | None = None,
+                 limit_of: str = "the endpoint"):
         import boto3
         import botocore
         from botocore.config import Config as BotoConfig
 
         self.name, self.url = name, url
         self.where = f"'{name}'" + (f" at {url}" if url else "")
+        self.max_payload, self.limit_of = max_payload, limit_of
         config = BotoConfig(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
                             retries={"max_attempts": 2, "mode": "standard"},
                             max_pool_connections=max(concurrency, 10),
@@ -53,6 +56,10 @@ class EndpointPredictor:
             ReadTimeoutError,
         )
 
+        if self.max_payload is not None and len(body) > self.max_payload:
+            # The endpoint would refuse it after the upload; say why without sending it.
+            raise PredictError(413, f"{len(body) / 2**20:.1f} MB is over the {self.max_payload / 2**20:g} MB per "
+                                    f"request of {self.limit_of}; not sent (resize or recompress the photo)")
         try:
             resp = self.client.invoke_endpoint(EndpointName=self.name, Body=body, ContentType=content_type,
                                                Accept=JSON_CONTENT_TYPE)

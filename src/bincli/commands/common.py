@@ -53,7 +53,8 @@ def load(config: Path | None, workdir: Path | None, sets: list[str] | None = Non
 
 # The commands that write to the workdir: one of them at a time per workdir (predict, status
 # and config only read it).
-LOCKING_COMMANDS = frozenset({"download", "split", "upload", "tune", "train", "deploy", "evaluate", "teardown"})
+LOCKING_COMMANDS = frozenset({"download", "split", "upload", "tune", "train", "deploy", "evaluate", "teardown",
+                              "loadtest"})
 
 
 def _lock_workdir(workdir: Path) -> None:

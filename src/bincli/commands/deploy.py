@@ -24,9 +24,14 @@ def deploy(
                                              show_default=False)] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Requests predicted at once (default 4).",
                                                 show_default=False)] = None,
+    instances: Annotated[int | None, typer.Option("--instances", help="Local: server processes on one port, "
+                                                  "each with cores/N threads (default 1).", show_default=False)] = None,
     update: Annotated[bool, typer.Option("--update", help="Replace the model of the running endpoint, "
-                                         "keeping its name and URL.")] = False,
+                                         "keeping its name and URL (SageMaker: UpdateEndpoint, no downtime).")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Serve in this terminal until Ctrl-C.")] = False,
+    target_from_loadtest: Annotated[bool, typer.Option(
+        "--autoscaling-target-from-loadtest",
+        help="Set deploy.autoscaling's target to what 'bincli loadtest' measured for this endpoint.")] = False,
 ) -> None:
     """Start the local endpoint with the trained model; wait until it answers /ping.
 
@@ -39,10 +44,32 @@ def deploy(
     cfg = load(config, workdir, sets, {
         "deploy.model": ("--model", model), "deploy.name": ("--name", name), "deploy.host": ("--host", host),
         "deploy.port": ("--port", port), "deploy.threads": ("--threads", threads),
+        "deploy.instances": ("--instances", instances),
     }).config
+    if target_from_loadtest:
+        cfg = _target_from_loadtest(cfg)
     from bincli.backends import get_backend
 
     finish(get_backend(cfg).deploy(None, update=update, foreground=foreground), json_out, _render)
+
+
+def _target_from_loadtest(cfg: Any) -> Any:
+    """The config with deploy.autoscaling.target_invocations_per_instance from the endpoint's last loadtest."""
+    from bincli.errors import UsageError
+    from bincli.state import State
+    from bincli.steps.loadtest import recommended_target
+
+    scaling = cfg.deploy.autoscaling
+    if scaling is None:
+        raise UsageError("--autoscaling-target-from-loadtest: deploy.autoscaling is not set",
+                         hint="set deploy.autoscaling (min_instances, max_instances) in the config")
+    target = recommended_target(State(cfg.workdir), cfg.deploy.name)
+    if not target:
+        raise UsageError(f"--autoscaling-target-from-loadtest: no loadtest of endpoint '{cfg.deploy.name}' "
+                         "held its latency SLO", hint=f"run 'bincli loadtest --endpoint {cfg.deploy.name}' first")
+    err.print(f"autoscaling target: {target} invocations/instance/min (from the last loadtest)", markup=False)
+    scaling = scaling.model_copy(update={"target_invocations_per_instance": float(target)})
+    return cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"autoscaling": scaling})})
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -50,10 +77,20 @@ def _render(result: dict[str, Any]) -> None:
         err.print(f"endpoint '{result.get('name')}' stopped", markup=False, soft_wrap=True)
         return
     if result.get("backend") == "sagemaker":
-        err.print(f"SageMaker endpoint '{result['name']}' {result['status']}: {result['model_s3']}", markup=False,
+        verb = "updated: now serving" if result.get("action") == "updated" else f"{result['status']}:"
+        err.print(f"SageMaker endpoint '{result['name']}' {verb} {result['model_s3']}", markup=False, soft_wrap=True)
+        if result.get("serverless"):
+            s = result["serverless"]
+            where = f"serverless ({s['MemorySizeInMB']} MB, up to {s['MaxConcurrency']} requests at once)"
+        else:
+            where = f"{result['instance_count']} x {result['instance_type']}"
+        a = result.get("autoscaling")
+        if a:
+            where += (f", autoscaling {a['min_instances']}-{a['max_instances']} instances at "
+                      f"{a['target_invocations_per_instance']:g} invocations/instance/min")
+        err.print(f"  {where} in {result['region']}", markup=False, soft_wrap=True)
+        err.print("  next: bincli predict bin.jpg   |   bincli status   |   bincli teardown", markup=False,
                   soft_wrap=True)
-        err.print(f"  {result['instance_type']} in {result['region']}; next: bincli predict bin.jpg   |   "
-                  "bincli teardown", markup=False, soft_wrap=True)
         return
     verb = "updated: now serving" if result.get("action") == "updated" else "serving"
     err.print(f"endpoint '{result['name']}' {verb} {result['model']}", markup=False, soft_wrap=True)

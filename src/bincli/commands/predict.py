@@ -25,7 +25,11 @@ def predict(
         "--model", "-m", help="Predict in-process with this model.tar.gz instead of an endpoint.",
         dir_okay=False, show_default=False)] = None,
     expected: Annotated[int | None, typer.Option(
-        "--expected", help="Exit 1 if any image's count differs from this (a CI gate).", show_default=False)] = None,
+        "--expected", help="Order check: each image's probability of holding exactly N and a verdict "
+        "(match, mismatch, review); exit 1 on a mismatch (a CI gate).", show_default=False)] = None,
+    review_exit_code: Annotated[int | None, typer.Option(
+        "--review-exit-code", help="Exit code when a verdict is review (default 0: passes; config "
+        "predict.review_exit_code).", show_default=False, min=0, max=255)] = None,
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", help="Requests in flight (default 8).", show_default=False)] = None,
     timeout: Annotated[float | None, typer.Option(
@@ -33,7 +37,8 @@ def predict(
 ) -> None:
     """Count the items in bin photos through the deployed endpoint (or --model, in-process).
 
-    Exits 1 if an image fails or, with --expected N, if a count is not N.
+    Exits 1 if an image fails or, with --expected N, if the model is sure a bin does not hold N
+    (verdict mismatch); an unsure one (review) exits --review-exit-code.
 
     Example: bincli predict bin.jpg more/ --json;  bincli predict bin.jpg --expected 3
     """
@@ -42,6 +47,7 @@ def predict(
     cfg = load(config, workdir, sets, {
         "predict.endpoint": ("--endpoint", endpoint), "predict.endpoint_url": ("--endpoint-url", endpoint_url),
         "predict.concurrency": ("--concurrency", concurrency), "predict.timeout": ("--timeout", timeout),
+        "predict.review_exit_code": ("--review-exit-code", review_exit_code),
     }).config
     from bincli.steps.predict import outcome_error, run_predict
 
@@ -51,7 +57,7 @@ def predict(
             emit_json(row)
     else:
         _render(result)
-    problem = outcome_error(result)
+    problem = outcome_error(result, cfg.predict.review_exit_code)
     if problem is not None:
         raise problem
 
@@ -65,16 +71,37 @@ def _render(result: dict[str, Any]) -> None:
         if "error" in r:
             err.print(f"{r['image']}: error {r['status'] or ''} {r['error']}", markup=False, soft_wrap=True)
         else:
-            err.print(f"{r['image']}: count {r['label']} (confidence {r['confidence']:.2f})", markup=False,
-                      soft_wrap=True)
+            line = f"{r['image']}: count {r['label']} (confidence {r['confidence']:.2f})"
+            if "expected_count" in r:
+                line += f", mean {r['expected_count']:.2f}, range {_range(r)}"
+            if "verdict" in r:
+                line += f"; holds {result['expected']}: {r['verdict']} (p {r['p_expected']:.2f})"
+            err.print(line, markup=False, soft_wrap=True)
         return
+    check = result.get("expected") is not None
     table = Table(title=f"predictions from {result['source']}")
-    for col, justify in (("image", "left"), ("count", "right"), ("confidence", "right"), ("ms", "right")):
+    columns = [("image", "left"), ("count", "right"), ("confidence", "right"), ("mean", "right"),
+               ("range", "right")]
+    if check:
+        columns += [(f"p({result['expected']})", "right"), ("verdict", "left")]
+    for col, justify in [*columns, ("ms", "right")]:
         table.add_column(col, justify=justify)
     for r in rows:
         if "error" in r:
-            table.add_row(r["image"], "error", f"{r['status'] or ''} {r['error']}", "")
+            table.add_row(r["image"], "error", f"{r['status'] or ''} {r['error']}", *[""] * (len(columns) - 2))
         else:
-            table.add_row(r["image"], r["label"], f"{r['confidence']:.2f}", f"{r['ms']:.0f}")
+            extra = [_num(r.get("p_expected")), r.get("verdict", "-")] if check else []
+            table.add_row(r["image"], r["label"], f"{r['confidence']:.2f}", _num(r.get("expected_count")),
+                          _range(r), *extra, f"{r['ms']:.0f}")
     err.print(table)
-    err.print(f"{result['n']} image(s), {result['failed']} failed", markup=False, soft_wrap=True)
+    tail = f"; {result['mismatched']} mismatch, {result.get('review', 0)} review" if check else ""
+    err.print(f"{result['n']} image(s), {result['failed']} failed{tail}", markup=False, soft_wrap=True)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _range(r: dict[str, Any]) -> str:
+    lo, hi = r.get("count_range") or (None, None)
+    return "-" if lo is None else (str(lo) if lo == hi else f"{lo}-{hi}")

@@ -31,6 +31,10 @@ def split(
     layout: Annotated[str | None, typer.Option(
         "--layout", help="manifest, or folders (also hard-links <split>/<count>/<id>.jpg).",
         show_default=False)] = None,
+    group_near_duplicates: Annotated[bool | None, typer.Option(
+        "--group-near-duplicates/--no-group-near-duplicates",
+        help="Keep each group of near-identical photos inside one split (default on), so no test photo "
+        "has a near-copy in train.", show_default=False)] = None,
 ) -> None:
     """Split images into train/valid/test, stratified by count; check every image on the way.
 
@@ -43,6 +47,7 @@ def split(
         "split.input": ("--input", input), "split.ratios": ("--ratios", ratios), "split.seed": ("--seed", seed),
         "split.classes": ("--classes", classes), "split.max_per_class": ("--max-per-class", max_per_class),
         "split.layout": ("--layout", layout),
+        "split.group_near_duplicates": ("--group-near-duplicates", group_near_duplicates),
     })
     from bincli.data.split import run_split
 
@@ -72,4 +77,10 @@ def _render(result: dict[str, Any]) -> None:
             err.print(f"  ... all listed in {result['report']}", markup=False)
     if result["outside_classes"]:
         err.print(f"{result['outside_classes']} image(s) have counts outside classes {result['classes']}")
+    grouping = result.get("near_duplicates")
+    if grouping:
+        err.print(f"{grouping['groups']} near-duplicate group(s); {grouping['groups_moved']} moved into one split "
+                  f"({grouping['images_moved']} photo(s))"
+                  + (f"; {grouping['unbalanced']} could not be balanced within their class" if grouping["unbalanced"]
+                     else ""))
     err.print(f"manifests in {result['manifests_dir']}", markup=False)

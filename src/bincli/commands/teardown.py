@@ -8,6 +8,7 @@ import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import err
+from bincli.errors import UsageError
 
 
 def teardown(
@@ -17,18 +18,24 @@ def teardown(
     sets: SetOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Only if the deployed endpoint has this name.",
                                              show_default=False)] = None,
+    all_tagged: Annotated[bool, typer.Option("--all", help="Also delete every endpoint, endpoint config and "
+                                             "model tagged with this workspace (backend sagemaker).")] = False,
 ) -> None:
     """Stop the endpoint 'bincli deploy' started and forget it. Safe to run twice.
 
     Only the process deploy started is stopped (same pid, start time and command line); with
-    backend sagemaker, only the endpoint, endpoint config and model deploy created are deleted.
+    backend sagemaker, only the endpoint's autoscaling, endpoint, endpoint configs and models deploy
+    created are deleted; --all also finds leftovers of this workspace by their bincli:workspace tag.
 
-    Example: bincli teardown
+    Example: bincli teardown   |   bincli teardown --all
     """
     cfg = load(config, workdir, sets).config
     from bincli.backends import get_backend
 
-    finish(get_backend(cfg).teardown(name), json_out, _render)
+    if all_tagged and name:
+        raise UsageError("--all removes everything this workspace made: do not combine it with --name")
+    backend = get_backend(cfg)
+    finish(backend.teardown_all() if all_tagged else backend.teardown(name), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:

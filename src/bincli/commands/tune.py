@@ -1,4 +1,5 @@
-"""`bincli tune`: hyperparameter search over the ResNet fine-tune (Optuna trials locally)."""
+"""`bincli tune`: hyperparameter search over the ResNet fine-tune (Optuna trials locally, a SageMaker
+hyperparameter tuning job on backend sagemaker)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def tune(
                                                   show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per trial (default 3).",
                                                show_default=False, rich_help_panel="Training")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Start the tuning job (or find it running) and "
+                                          "return at once; 'bincli tune' again attaches. Backend sagemaker.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the tuning job this workdir started; finished "
+                                       "trials are kept. Backend sagemaker.")] = False,
     training: dict[str, Any] | None = None,
 ) -> None:
     """Search learning rate, batch size and weight decay (configurable in tune.search_space).
@@ -32,6 +37,8 @@ def tune(
     Each trial is the training entry point run for --epochs epochs and scored on the valid split;
     weak trials are pruned early. Training flags given here are fixed for every trial. Writes
     <workdir>/tune/tune-results.csv; 'bincli train --from-tune' then uses the best trial.
+    On backend sagemaker the trials are a hyperparameter tuning job's training jobs: Ctrl-C leaves
+    it running, a rerun with the same settings attaches to it, --stop stops it.
 
     Example: bincli tune --max-jobs 8 --max-parallel 2 --epochs 2 --image-size 128
     """
@@ -42,11 +49,21 @@ def tune(
     loaded = load(config, workdir, sets, flags)
     from bincli.steps.tune import run_tune
 
-    result = run_tune(loaded.config, fixed={key for key, value in fixed.items() if value is not None})
-    finish(result, json_out, _render)
+    options: dict[str, Any] = {"fixed": {key for key, value in fixed.items() if value is not None}}
+    if no_wait:
+        options["wait"] = False
+    if stop:
+        options["stop"] = True
+    finish(run_tune(loaded.config, **options), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
+    if "best_hyperparameters" not in result:  # --no-wait or --stop: a tuning job still running
+        err.print(f"tuning job {result['tuning_job']}: {result['status']}", markup=False)
+        if result.get("waiting") is False:
+            err.print("next: 'bincli tune' again (same settings) waits for it and records the best trial",
+                      markup=False)
+        return
     err.print(f"{result['complete']} trial(s) complete, {result['pruned']} pruned, {result['failed']} failed",
               markup=False)
     best = " ".join(f"{k}={v}" for k, v in result["best_hyperparameters"].items())

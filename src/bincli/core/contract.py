@@ -13,12 +13,18 @@ from .hyperparams import ENTRY_PARAMS
 WEIGHTS_FILE = "model.pth"          # state_dict, loaded with torch.load(weights_only=True)
 MODEL_INFO_FILE = "model_info.json"  # arch, classes, image_size, mean, std, metrics
 MODEL_INFO_KEYS = ("arch", "classes", "image_size")  # what a model_info.json must hold to be served
+GRAPH_KEY = "graph"                  # model_info.json, optional: the inference graph packaged beside model.pth,
+GRAPH_FORMATS = ("onnx",)            # {"format": "onnx", "file": "model.onnx", "opset": 17, "input", "output"}
+ONNX_INPUT, ONNX_OUTPUT = "input", "logits"  # the graph's tensor names: (N, 3, S, S) float -> (N, classes)
 CODE_DIR = "code"                    # code/inference.py + the core package it imports
 INFERENCE_SCRIPT = "inference.py"
 TRAIN_SCRIPT = "train.py"
 
 # ---- the split names, which are also the channel names a training job gets (in this order)
 SPLITS = ("train", "valid", "test")
+# ---- the channel that carries --weights-file into a training job (a local path means nothing in
+# the container): its one file is the entry point's default --weights-file (SM_CHANNEL_WEIGHTS)
+WEIGHTS_CHANNEL = "weights"
 MANIFEST_HEADER = ("id", "path", "count")  # the header of each split's <split>.csv (id stays a string)
 
 # ---- files the training entry point writes
@@ -28,6 +34,8 @@ METRICS_FILE = "metrics.json"        # output dir: valid/test/baseline metrics +
 HISTORY_FILE = "history.jsonl"       # output dir: one JSON row per epoch, appended as epochs finish
 CONFUSION_PNG = "confusion-matrix.png"  # output dir and report/: the confusion matrix
 CURVES_PNG = "learning-curves.png"      # output dir and report/: loss and accuracy per epoch
+RELIABILITY_PNG = "reliability.png"     # output dir and report/: accuracy against confidence (calibration)
+COVERAGE_PNG = "accuracy-coverage.png"  # output dir and report/: accuracy of the k% most confident photos
 
 # ---- inference content types
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
@@ -62,9 +70,40 @@ def format_epoch_line(epoch: int, metrics: dict[str, float]) -> str:
 
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+# ---- the best-so-far line, printed after each epoch line: "best_valid_loss=0.912000 best_valid_acc=0.410000"
+# (the lowest valid loss and the highest valid accuracy of the epochs so far). A trial's score on
+# both tuners: SageMaker keeps the LAST value its regex finds, the local tuner reads the last line;
+# printed every epoch (not only at the end) so SageMaker's early stopping sees intermediate values.
+BEST_METRICS = {"best_valid_loss": ("valid_loss", min), "best_valid_acc": ("valid_acc", max)}
+BEST_LINE = re.compile(rf"^best_valid_loss={_NUMBER} best_valid_acc={_NUMBER}\s*$")
+
+
+def best_metric(objective: str) -> str:
+    """The best-so-far metric a tuner scores a trial by, for an epoch metric (valid_loss -> best_valid_loss)."""
+    return f"best_{objective}"
+
+
+def format_best_line(history: list[dict[str, float]]) -> str | None:
+    """The best-so-far line for the epoch rows so far, or None without valid metrics."""
+    values = {}
+    for name, (column, pick) in BEST_METRICS.items():
+        seen = [row[column] for row in history if column in row]
+        if not seen:
+            return None
+        values[name] = pick(seen)
+    return " ".join(f"{name}={value:.6f}" for name, value in values.items())
+
+
+def parse_best_line(line: str) -> dict[str, float] | None:
+    m = BEST_LINE.match(line.strip())
+    return {"best_valid_loss": float(m.group(1)), "best_valid_acc": float(m.group(2))} if m else None
+
+
 # SageMaker metric_definitions: one regex per metric, the first group is the value.
-# \b keeps `lr=` from matching inside another name; progress lines use other names (step_loss...).
-METRIC_REGEX = {name: rf"\b{name}={_NUMBER}" for name in EPOCH_METRICS}
+# \b keeps `lr=` from matching inside another name (and valid_loss= inside best_valid_loss=);
+# progress lines use other names (step_loss...).
+METRIC_REGEX = {name: rf"\b{name}={_NUMBER}" for name in (*EPOCH_METRICS, *BEST_METRICS)}
 EPOCH_LINE = re.compile(rf"^epoch=(\d+)((?: [a-z_]+={_NUMBER})+)\s*$")
 
 

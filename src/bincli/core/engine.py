@@ -128,6 +128,78 @@ class WarmupSchedule:
         self.step_to(float(state.get("t", 0.0)))
 
 
+# ---------------------------------------------------------------- mixed precision
+BF16_CAPABILITY = (8, 0)  # Ampere (A100, A10G, L4...) and later: bf16 in hardware
+
+
+def choose_amp_dtype(amp: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """The autocast dtype for --amp (auto/on/off) on a device; None is full fp32.
+
+    On CUDA, bf16 only where the GPU has it (compute capability >= 8.0), else fp16, which needs a
+    GradScaler. torch.cuda.is_bf16_supported() cannot decide this: it also says yes on a T4 (7.5,
+    SageMaker's ml.g4dn), where bf16 is emulated and slower than fp32.
+    """
+    if amp == "off" or (amp == "auto" and device_type != "cuda"):
+        return None
+    if device_type == "cuda":
+        return torch.bfloat16 if capability is not None and tuple(capability) >= BF16_CAPABILITY else torch.float16
+    return torch.bfloat16  # --amp on, on the CPU (fp16 autocast there is slow and unscaled)
+
+
+# ---------------------------------------------------------------- losses
+class SoftOrdinalLoss(nn.Module):
+    """Cross-entropy against soft targets that put probability on neighbouring counts (SORD, Diaz &
+    Marathe 2019): q(j | true i) ~ exp(-(count_j - count_i)^2 / spread). Calling 2 for a bin of 3 costs
+    less than calling 5, which plain cross-entropy does not know. Label smoothing mixes in uniform."""
+
+    def __init__(self, counts: Sequence[int], spread: float = 1.0, label_smoothing: float = 0.0):
+        super().__init__()
+        c = torch.as_tensor(list(counts), dtype=torch.float32)
+        q = torch.softmax(-((c[None, :] - c[:, None]) ** 2) / spread, dim=1)
+        k = len(counts)
+        self.register_buffer("targets", q * (1.0 - label_smoothing) + label_smoothing / k)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=1)
+        return -(self.targets.to(logp.device)[target] * logp).sum(dim=1).mean()
+
+
+# Keys: hyperparams.LOSS_CHOICES (tests check).
+LOSSES: dict[str, Callable[[Sequence[int], float], nn.Module]] = {
+    "ce": lambda counts, smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
+    "soft-ordinal": lambda counts, smoothing: SoftOrdinalLoss(counts, label_smoothing=smoothing),
+}
+
+
+def build_criterion(name: str, counts: Sequence[int], label_smoothing: float = 0.0) -> nn.Module:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    return LOSSES[name](counts, label_smoothing)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: Iterable, *, ctx: DistContext, amp_dtype: torch.dtype | None = None,
+                   channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, C) float64, targets (N,)) over the whole data set: every rank's shard, gathered on
+    every rank (ShardSampler: no padding, so each image once). For temperature fitting and the
+    metrics that need per-image probabilities."""
+    from .distributed import gather_objects
+
+    model.eval()
+    outs, tgts = [], []
+    for images, targets in loader:
+        images, targets = _to_device(images, targets, ctx.device, channels_last)
+        with _autocast(ctx.device, amp_dtype):
+            logits = model(images)
+        outs.append(logits.float().cpu().numpy().astype(np.float64))
+        tgts.append(targets.cpu().numpy().astype(np.int64))
+    local = (np.concatenate(outs) if outs else np.zeros((0, 0)), np.concatenate(tgts) if tgts else np.zeros(0, int))
+    parts = [p for p in gather_objects(ctx, local) if p[1].size]
+    if not parts:
+        return local
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 # ---------------------------------------------------------------- loop
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)

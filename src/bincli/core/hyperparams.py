@@ -21,6 +21,7 @@ FREEZE_CHOICES = ("none", "backbone", "layer1", "layer2", "layer3", "layer4")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
 SCHEDULER_CHOICES = ("cosine", "step", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+LOSS_CHOICES = ("ce", "soft-ordinal")  # engine.LOSSES keeps the same keys
 
 TYPES = (int, float, bool, str, Path)
 
@@ -111,6 +112,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("warmup_epochs", float, 1.0, "Linear warm-up epochs (default {default}).", ge=0, locked=True),
     Param("weight_decay", float, 1e-4, "AdamW/SGD weight decay (default {default}).", ge=0, locked=True),
     Param("label_smoothing", float, 0.0, "0 to 1 (default {default}).", ge=0, lt=1, locked=True),
+    Param("loss", str, "ce", "ce (cross-entropy) or soft-ordinal (targets spread onto neighbouring counts) "
+          "(default {default}).", choices=LOSS_CHOICES, locked=True),
     Param("patience", int, 0, "Early stop after N epochs without a lower valid loss (default {default}: off).",
           ge=0),
     Param("workers", int, 2, "DataLoader processes (default {default}).", ge=0, le=64),

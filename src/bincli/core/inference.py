@@ -10,8 +10,12 @@ Request:  the image bytes, Content-Type image/jpeg, image/png or application/x-i
           data), any size (resized to the model's input by the training eval transform), at most
           6 MB. Grayscale, palette, CMYK and alpha images are converted to RGB.
 Response: application/json
-          {"count": 3, "label": "3", "confidence": 0.41, "probabilities": {"1": 0.1, ..., "5": 0.05}}
-          `count` is the count the predicted class stands for ("5+" answers 5).
+          {"count": 3, "label": "3", "confidence": 0.41, "probabilities": {"1": 0.1, ..., "5": 0.05},
+           "expected_count": 2.9, "median_count": 3, "count_range": [2, 4]}
+          `count` is the count the predicted class stands for ("5+" answers 5). The count-aware
+          fields are defined once in core/counting.py; count_range holds 80% of the probability
+          (model_info.json's "count_range_level" changes it). The probabilities are those of the
+          logits divided by model_info.json's "temperature" (fitted on the valid split; 1 if absent).
 
 A request the handler refuses raises `InferenceError(status, message)`: a subclass of
 sagemaker-inference's `GenericInferenceToolkitError` when that toolkit is installed (in the
@@ -42,8 +46,11 @@ from .contract import (
     MODEL_INFO_KEYS,
     WEIGHTS_FILE,
 )
+from .counting import DEFAULT_RANGE_LEVEL
+from .counting import describe as describe_counts
 from .model import build_model
 from .presets import eval_transform
+from .runtimes import select as select_runtime
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,11 @@ class LoadedModel:
     transform: Any
     classes: ClassSpec
     info: dict[str, Any] = field(default_factory=dict)
+    runtime: Any = None  # core.runtimes.Runtime that runs the forward pass (None: the eager net)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a transformed batch (N, 3, S, S), by the runtime model_fn chose."""
+        return self.runtime(batch) if self.runtime is not None else self.net(batch)
 
     @property
     def labels(self) -> list[str]:
@@ -93,15 +105,21 @@ class LoadedModel:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
+    @property
+    def temperature(self) -> float:
+        return float(self.info.get("temperature") or 1.0)
+
     def describe(self, probs: torch.Tensor) -> dict[str, Any]:
         """The answer for one image from its class probabilities (1-D)."""
         values = [float(p) for p in probs.tolist()]
         idx = max(range(len(values)), key=values.__getitem__)
+        level = float(self.info.get("count_range_level") or DEFAULT_RANGE_LEVEL)
         return {
             "count": self.classes.count_of(idx),
             "label": self.labels[idx],
             "confidence": values[idx],
             "probabilities": dict(zip(self.labels, values, strict=True)),
+            **{k: v for k, v in describe_counts(values, self.classes.counts, level).items() if k != "confidence"},
         }
 
 
@@ -114,20 +132,29 @@ def model_fn(model_dir: str | Path) -> LoadedModel:
     if info.get("labels") is not None and list(info["labels"]) != classes.labels:
         raise ValueError(f"{model_dir / MODEL_INFO_FILE}: labels {info['labels']} do not match "
                          f"classes {info['classes']!r} ({classes.labels})")
-    net = build_model(info["arch"], classes.num_classes)
-    weights = model_dir / WEIGHTS_FILE
+    net = load_net(model_dir, info["arch"], classes.num_classes)
+    temperature = info.get("temperature", 1.0)
+    if not isinstance(temperature, int | float) or not 0 < temperature < 1e3:
+        raise ValueError(f"{model_dir / MODEL_INFO_FILE}: temperature must be a number > 0, got {temperature!r}")
+    transform = eval_transform(int(info["image_size"]), info.get("mean") or IMAGENET_MEAN,
+                               info.get("std") or IMAGENET_STD)
+    log.info("loaded %s (%s classes %s, %spx) from %s with handler %s", info["arch"], classes.num_classes,
+             classes, info["image_size"], model_dir, __file__)
+    runtime = select_runtime(net, model_dir, info, int(info["image_size"]))  # fastest that loads; warmed up
+    return LoadedModel(net=net, transform=transform, classes=classes, info=info, runtime=runtime)
+
+
+def load_net(model_dir: Path, arch: str, num_classes: int) -> torch.nn.Module:
+    """The eager net with model_dir's model.pth (a plain state_dict, weights_only), in eval mode."""
+    net = build_model(arch, num_classes)
+    weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing: the model archive has no weights")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
     net.load_state_dict(state)
-    net.eval()
-    transform = eval_transform(int(info["image_size"]), info.get("mean") or IMAGENET_MEAN,
-                               info.get("std") or IMAGENET_STD)
-    log.info("loaded %s (%s classes %s, %spx) from %s with handler %s", info["arch"], classes.num_classes,
-             classes, info["image_size"], model_dir, __file__)
-    return LoadedModel(net=net, transform=transform, classes=classes, info=info)
+    return net.eval()
 
 
 def input_fn(body: bytes | bytearray | str | None, content_type: str | None) -> Image.Image:
@@ -155,7 +182,7 @@ def predict_fn(data: Image.Image | list[Image.Image] | torch.Tensor,
     else:
         batch = data
     with torch.inference_mode():
-        probs = torch.softmax(model.net(batch).float(), dim=1)
+        probs = torch.softmax(model.forward(batch).float() / model.temperature, dim=1)
     answers = [model.describe(p) for p in probs]
     return answers[0] if isinstance(data, Image.Image) else answers
 

@@ -10,6 +10,12 @@ processes (DDP ranks, evaluation workers) add up exactly before the metrics are 
                     so predicting 2 for a bin of 3 costs less than predicting 5
     per_class       per true class: accuracy (recall) and n; accuracy is None for a class with no image
     confusion_matrix
+From per-image probabilities (compute_metrics, baseline_metrics) also the count-aware ones
+(definitions in core/counting.py):
+    count_errors    {"argmax"|"median"|"expected": {"mae", "rmse"}}: the count read three ways
+    ece             expected calibration error of the top probability; "reliability": its bins
+    coverage        accuracy of the k% most confident images, k = 10%..100%
+    total_count     sum of expected counts vs the true sum over the split
 The baseline always predicts the commonest class of the training set (and the training prior
 as its probabilities): a model must beat it to have learnt anything.
 """
@@ -80,7 +86,19 @@ def compute_metrics(targets: Sequence[int] | np.ndarray, probabilities: np.ndarr
         raise ValueError(f"probabilities must be (n={t.size}, classes={len(labels)}), got {probs.shape}")
     cm = confusion_matrix(t, probs.argmax(axis=1), len(labels))
     p_true = np.clip(probs[np.arange(t.size), t], EPS, 1.0)
-    return metrics_from_confusion(cm, float(-np.log(p_true).sum()), labels, counts)
+    out = metrics_from_confusion(cm, float(-np.log(p_true).sum()), labels, counts)
+    return out | count_aware_metrics(t, probs, counts)
+
+
+def count_aware_metrics(targets: Sequence[int] | np.ndarray, probabilities: np.ndarray,
+                        counts: Sequence[int]) -> dict[str, Any]:
+    """count_errors, ece + reliability, coverage and total_count (see the module doc)."""
+    from .counting import count_errors, coverage_curve, reliability, total_count
+
+    rel = reliability(probabilities, targets)
+    return {"count_errors": count_errors(probabilities, targets, counts), "ece": rel["ece"],
+            "reliability": rel["bins"], "coverage": coverage_curve(probabilities, targets),
+            "total_count": total_count(probabilities, targets, counts)}
 
 
 def baseline_metrics(train_targets: Sequence[int] | np.ndarray, targets: Sequence[int] | np.ndarray,
@@ -96,6 +114,8 @@ def baseline_metrics(train_targets: Sequence[int] | np.ndarray, targets: Sequenc
     cm = confusion_matrix(t, np.full_like(t, majority), k)
     nll = float(-np.log(np.clip(prior[t], EPS, 1.0)).sum())
     out = metrics_from_confusion(cm, nll, labels, counts)
+    # the prior read as a distribution: its median/expectation/calibration, like the model's
+    out |= count_aware_metrics(t, np.broadcast_to(prior, (t.size, k)), counts)
     out["predicted_label"] = labels[majority]
     return out
 

@@ -1,4 +1,5 @@
-"""Report figures drawn with Pillow: the confusion matrix and the learning curves.
+"""Report figures drawn with Pillow: the confusion matrix, the learning curves, the reliability
+diagram (accuracy against confidence) and the accuracy-vs-coverage curve.
 
 Pillow rather than matplotlib because this runs inside the SageMaker training container, where
 the core may import only torch, torchvision, Pillow, numpy and the stdlib. `bincli.steps.report` uses
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .contract import CONFUSION_PNG, CURVES_PNG
+from .contract import CONFUSION_PNG, COVERAGE_PNG, CURVES_PNG, RELIABILITY_PNG
 from .fileio import atomic_write_bytes
 
-__all__ = ["CONFUSION_PNG", "CURVES_PNG", "confusion_matrix_image", "learning_curves_image", "write_confusion_png",
-           "write_curves_png"]
+__all__ = ["CONFUSION_PNG", "COVERAGE_PNG", "CURVES_PNG", "RELIABILITY_PNG", "confusion_matrix_image",
+           "coverage_image", "learning_curves_image", "reliability_image", "write_confusion_png",
+           "write_coverage_png", "write_curves_png", "write_reliability_png"]
 
 _BLUE = np.array([31, 119, 180])
 _ORANGE = (255, 127, 14)
@@ -147,3 +149,81 @@ def write_confusion_png(path: str | Path, metrics: dict[str, Any], title: str = 
 
 def write_curves_png(path: str | Path, history: Sequence[dict[str, Any]]) -> Path:
     return atomic_write_bytes(path, png_bytes(learning_curves_image(history)))
+
+
+def _unit_axes(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], xlabel: str, ylabel: str,
+               x_lo: float = 0.0) -> Any:
+    """A [x_lo, 1] x [0, 1] frame with a grid every 0.2; returns px(x, y)."""
+    x0, y0, x1, y1 = box
+    f = _font(12)
+    draw.rectangle(box, outline=_DARK)
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return x0 + (x - x_lo) / (1.0 - x_lo) * (x1 - x0), y1 - y * (y1 - y0)
+
+    for i in range(6):
+        v = i / 5
+        _, y = px(x_lo, v)
+        draw.line((x0, y, x1, y), fill=(235, 235, 235))
+        _text(draw, (x0 - 6, y), f"{v:.1f}", f, anchor="rm")
+        xv = x_lo + (1.0 - x_lo) * v
+        x, _ = px(xv, 0)
+        _text(draw, (x, y1 + 6), f"{xv:.1f}", f, anchor="mt")
+    _text(draw, ((x0 + x1) / 2, y1 + 26), xlabel, f, anchor="mt")
+    _text(draw, (x0 - 40, y0 - 14), ylabel, f, anchor="lm")
+    return px
+
+
+def reliability_image(metrics: dict[str, Any], title: str = "reliability") -> Image.Image:
+    """Accuracy per confidence bin (bars) against the diagonal a calibrated model follows."""
+    img = Image.new("RGB", (560, 470), "white")
+    draw = ImageDraw.Draw(img)
+    _text(draw, (280, 20), title, _font(16))
+    box = (70, 60, 530, 400)
+    px = _unit_axes(draw, box, "confidence (top probability)", "accuracy")
+    blue = tuple(int(c) for c in _BLUE)
+    for row in metrics.get("reliability") or []:
+        if not row["n"]:
+            continue
+        (xa, ya), (xb, yb) = px(row["low"], row["accuracy"]), px(row["high"], 0)
+        draw.rectangle((xa + 2, ya, xb - 2, yb), fill=blue, outline=_DARK)
+        _text(draw, ((xa + xb) / 2, ya - 8), str(row["n"]), _font(10))
+    draw.line((*px(0, 0), *px(1, 1)), fill=_ORANGE, width=2)
+    ece = metrics.get("ece")
+    if ece is not None and math.isfinite(ece):
+        _text(draw, (box[0] + 10, box[1] + 14), f"ECE {ece:.3f}  (bars: accuracy; line: perfect calibration)",
+              _font(12), anchor="lm")
+    return img
+
+
+def coverage_image(metrics: dict[str, Any], baseline: dict[str, Any] | None = None,
+                   title: str = "accuracy vs coverage") -> Image.Image:
+    """Accuracy of the k% most confident photos against k (the baseline's flat line beside it)."""
+    img = Image.new("RGB", (560, 470), "white")
+    draw = ImageDraw.Draw(img)
+    _text(draw, (280, 20), title, _font(16))
+    box = (70, 60, 530, 400)
+    px = _unit_axes(draw, box, "coverage (share of photos answered, most confident first)", "accuracy", x_lo=0.0)
+    series = [("model", metrics.get("coverage") or [], tuple(int(c) for c in _BLUE))]
+    if baseline and baseline.get("coverage"):
+        series.append(("baseline", baseline["coverage"], _ORANGE))
+    for i, (name, rows, colour) in enumerate(series):
+        pts = [px(r["coverage"], r["accuracy"]) for r in rows if r["accuracy"] is not None
+               and math.isfinite(r["accuracy"])]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        ly = box[1] + 14 + 16 * i
+        draw.line((box[2] - 120, ly, box[2] - 100, ly), fill=colour, width=3)
+        _text(draw, (box[2] - 95, ly), name, _font(12), anchor="lm")
+    return img
+
+
+def write_reliability_png(path: str | Path, metrics: dict[str, Any], title: str = "reliability") -> Path:
+    return atomic_write_bytes(path, png_bytes(reliability_image(metrics, title)))
+
+
+def write_coverage_png(path: str | Path, metrics: dict[str, Any], baseline: dict[str, Any] | None = None,
+                       title: str = "accuracy vs coverage") -> Path:
+    return atomic_write_bytes(path, png_bytes(coverage_image(metrics, baseline, title)))

@@ -10,7 +10,9 @@ Inputs (flags win over the environment):
   --output-dir             default SM_OUTPUT_DATA_DIR, else ./output: metrics.json, history.jsonl, PNGs
   --checkpoint-dir         default <model-dir>/../checkpoints (= /opt/ml/checkpoints on SageMaker)
 Output: one line per epoch on stdout in the format of core/contract.py (`epoch=3 train_loss=...`),
-which SageMaker's metric_definitions and the tuner parse; `progress ...` lines within an epoch.
+which SageMaker's metric_definitions and the tuner parse, each followed by the best-so-far line
+(`best_valid_loss=... best_valid_acc=...`: both tuners score a trial by its last one);
+`progress ...` lines within an epoch.
 
 Resume is automatic: with last.pt in the checkpoint dir the run continues where it stopped
 (after SIGINT/SIGTERM, even mid-epoch), provided the hyperparameters that shape the run are the
@@ -45,6 +47,7 @@ from .contract import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
     CONFUSION_PNG,
+    COVERAGE_PNG,
     CURVES_PNG,
     HISTORY_FILE,
     HYPERPARAMETERS,
@@ -52,10 +55,14 @@ from .contract import (
     IMAGENET_STD,
     METRICS_FILE,
     MODEL_INFO_FILE,
+    RELIABILITY_PNG,
+    WEIGHTS_CHANNEL,
     WEIGHTS_FILE,
+    format_best_line,
     format_epoch_line,
     format_progress_line,
 )
+from .counting import fit_temperature, softmax
 from .data import (
     CountDataset,
     InputDataError,
@@ -72,10 +79,13 @@ from .engine import (
     StopSignal,
     TrainError,
     WarmupSchedule,
+    build_criterion,
     build_optimizer,
+    choose_amp_dtype,
     cpu_state_dict,
     evaluate,
     load_checkpoint,
+    predict_logits,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -84,9 +94,9 @@ from .engine import (
 )
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sweep_temp_files
 from .hyperparams import ENTRY_PARAMS, PARAMS_BY_NAME, RESUME_LOCKED, Param
-from .metrics import SUMMARY, baseline_metrics, summary
+from .metrics import SUMMARY, baseline_metrics, compute_metrics, summary
 from .model import build_model
-from .plots import write_confusion_png, write_curves_png
+from .plots import write_confusion_png, write_coverage_png, write_curves_png, write_reliability_png
 from .presets import eval_transform, train_transform
 
 log = logging.getLogger("bincli.train")
@@ -148,6 +158,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     hp = p.add_argument_group("hyperparameters (SageMaker passes them as --name value)")
     for param in ENTRY_PARAMS:
         _add_param(hp, param)
+    # A training job gets the weights file as an input channel (a dir holding it), not a path.
+    p.set_defaults(weights_file=_env(f"SM_CHANNEL_{WEIGHTS_CHANNEL.upper()}"))
 
     io_ = p.add_argument_group("data and outputs (defaults from SageMaker's SM_* variables)")
     io_.add_argument("--train", default=_env("SM_CHANNEL_TRAIN"), help="train channel dir [SM_CHANNEL_TRAIN]")
@@ -157,6 +169,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     io_.add_argument("--model-dir", default=_env("SM_MODEL_DIR", "model"), help="[SM_MODEL_DIR]")
     io_.add_argument("--output-dir", default=_env("SM_OUTPUT_DATA_DIR", "output"), help="[SM_OUTPUT_DATA_DIR]")
     io_.add_argument("--checkpoint-dir", default=None, help="default: <model-dir>/../checkpoints")
+    # A tuning job's trials all get the same CheckpointConfig: each keeps its own sub-folder, so
+    # no trial resumes another's checkpoint (a spot restart of the same trial still resumes its own).
+    io_.add_argument("--checkpoint-per-job", type=str2bool, nargs="?", const=True, default=False,
+                     help="checkpoints in <checkpoint-dir>/$TRAINING_JOB_NAME (set by SageMaker)")
     io_.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "bincli-cache"))
 
     run = p.add_argument_group("run")
@@ -183,11 +199,22 @@ def _seed_everything(seed: int) -> None:
 
 
 def _amp_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
-    if args.amp == "off" or (args.amp == "auto" and device.type != "cuda"):
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return choose_amp_dtype(args.amp, device.type, capability)
+
+
+def weights_file(value: str | None) -> Path | None:
+    """--weights-file as a file: a dir (the weights channel) must hold exactly that one file."""
+    if not value:
         return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16  # --amp on, on the CPU
+    path = Path(value)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        if len(files) != 1:
+            raise InputDataError(f"--weights-file {path}: expected one weights file in that dir "
+                                 f"(the {WEIGHTS_CHANNEL!r} channel), found {len(files)}")
+        return files[0]
+    return path
 
 
 def _weights_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -199,7 +226,7 @@ def _weights_checksum(state: dict[str, torch.Tensor]) -> str:
 
 
 def _locked(args: dict[str, Any]) -> dict[str, Any]:
-    out = {k: args.get(k) for k in RESUME_LOCKED}
+    out = {k: args.get(k, PARAMS_BY_NAME[k].default) for k in RESUME_LOCKED}  # a key newer than the checkpoint
     out["classes"] = str(ClassSpec.parse(out["classes"])) if out["classes"] else None
     out["lr"], out["warmup_epochs"] = float(out["lr"]), float(out["warmup_epochs"])
     return out
@@ -243,6 +270,12 @@ class Dirs(NamedTuple):
     def from_args(cls, args: argparse.Namespace) -> Dirs:
         model_dir = Path(args.model_dir)
         ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else model_dir.resolve().parent / "checkpoints"
+        if getattr(args, "checkpoint_per_job", False):
+            job = os.environ.get("TRAINING_JOB_NAME", "")
+            if not job or "/" in job or job.startswith("."):
+                raise InputDataError(f"--checkpoint-per-job needs TRAINING_JOB_NAME (a SageMaker job name), "
+                                     f"got {job!r}")
+            ckpt_dir = ckpt_dir / job
         return cls(model_dir, Path(args.output_dir), ckpt_dir)
 
 
@@ -303,7 +336,8 @@ def sweep_leftovers(dirs: Dirs) -> None:
     """Remove temp files that a killed run's atomic writes left (SIGKILL skips their cleanup).
     Main rank, before anything is written: it is the only writer of these files."""
     written = {dirs.checkpoints: (CHECKPOINT_LAST, CHECKPOINT_BEST), dirs.model: (WEIGHTS_FILE, MODEL_INFO_FILE),
-               dirs.output: (METRICS_FILE, HISTORY_FILE, CURVES_PNG, CONFUSION_PNG)}
+               dirs.output: (METRICS_FILE, HISTORY_FILE, CURVES_PNG, CONFUSION_PNG, RELIABILITY_PNG,
+                            COVERAGE_PNG)}
     for directory, names in written.items():
         for path in sweep_temp_files(directory, names):
             log.info("removed %s, left by an earlier run that was killed", path)
@@ -347,7 +381,7 @@ def eval_loader(ds: CountDataset, args: argparse.Namespace, ctx: D.DistContext):
 
 def build_training(args: argparse.Namespace, spec: ClassSpec, ctx: D.DistContext) -> Training:
     """Model, loss, optimizer, schedule and AMP scaler (not yet wrapped in DDP)."""
-    model = build_model(args.model, spec.num_classes, args.pretrained, args.weights_file, args.freeze)
+    model = build_model(args.model, spec.num_classes, args.pretrained, weights_file(args.weights_file), args.freeze)
     if args.weights_file and not args.pretrained and ctx.is_main:
         log.warning("--weights-file is ignored without --pretrained")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -359,7 +393,7 @@ def build_training(args: argparse.Namespace, spec: ClassSpec, ctx: D.DistContext
     optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
     amp_dtype = _amp_dtype(args, ctx.device)
     return Training(
-        model=model, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer=optimizer,
+        model=model, criterion=build_criterion(args.loss, spec.counts, args.label_smoothing), optimizer=optimizer,
         schedule=WarmupSchedule(optimizer, args.scheduler, args.epochs, args.warmup_epochs),
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None, amp_dtype=amp_dtype)
 
@@ -520,6 +554,9 @@ def _end_epoch(epoch: int, stats: dict[str, Any], args: argparse.Namespace, ctx:
     ckpts.save(t, p, epoch, {"epoch": epoch + 1, "sample": 0}, is_best)
     if ctx.is_main:
         print(format_epoch_line(epoch, row), flush=True)
+        best = format_best_line(p.history)  # the tuners' score; SageMaker keeps its last value
+        if best:
+            print(best, flush=True)
         atomic_write_text(Path(args.output_dir) / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in p.history))
     return row
 
@@ -537,12 +574,19 @@ def final_evaluation(args: argparse.Namespace, ctx: D.DistContext, t: Training, 
     if ctx.is_main and ctx.distributed:
         log.info("ranks agree: %d ranks, best weights checksum %s", ctx.world_size, checksums[0])
     spec = data.spec
-    results: dict[str, Any] = {}
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, ds in (("valid", data.valid_set), ("test", data.test_set)):
         if len(ds):
             loader = valid_loader if split == "valid" else eval_loader(ds, args, ctx)
-            results[split] = evaluate(t.model, loader, ctx=ctx, labels=spec.labels, counts=spec.counts,
-                                      amp_dtype=t.amp_dtype, channels_last=args.channels_last)
+            outputs[split] = predict_logits(t.model, loader, ctx=ctx, amp_dtype=t.amp_dtype,
+                                            channels_last=args.channels_last)
+    calibration = calibrate(*outputs["valid"]) if "valid" in outputs else {"temperature": 1.0, "fitted": False}
+    if ctx.is_main and calibration["fitted"]:
+        log.info("temperature %.3f lowers the valid log-loss from %.4f to %.4f", calibration["temperature"],
+                 calibration["valid_log_loss_before"], calibration["valid_log_loss_after"])
+    # the metrics of the answers the handler will give: the logits divided by the temperature
+    results: dict[str, Any] = {split: compute_metrics(y, softmax(z, calibration["temperature"]), spec.labels,
+                                                      spec.counts) for split, (z, y) in outputs.items()}
     base = data.test_set if len(data.test_set) else data.valid_set
     if len(base):
         results["baseline"] = baseline_metrics(data.train_set.targets, base.targets, spec.labels, spec.counts)
@@ -551,8 +595,15 @@ def final_evaluation(args: argparse.Namespace, ctx: D.DistContext, t: Training, 
         "arch": args.model, "classes": str(spec), "labels": spec.labels, "counts": spec.counts,
         "best_epoch": p.best_epoch, "epochs_run": len(p.history), "stop_reason": p.stop_reason,
         "history": p.history, "hyperparameters": _plain(hyperparameters(args)),
-        "train": {"n": len(data.train_set)}, **results,
+        "train": {"n": len(data.train_set)}, "calibration": calibration, **results,
     }
+
+
+def calibrate(logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """Temperature scaling fitted on the valid split, kept only when it lowers the valid log-loss."""
+    temperature, before, after = fit_temperature(logits, targets)
+    return {"temperature": temperature, "fitted": temperature != 1.0, "valid_log_loss_before": before,
+            "valid_log_loss_after": after}
 
 
 def _plain(obj: Any) -> Any:
@@ -574,6 +625,7 @@ def write_outputs(dirs: Dirs, state: dict[str, torch.Tensor], metrics: dict[str,
         "arch": args.model, "classes": str(spec), "labels": spec.labels, "counts": spec.counts,
         "image_size": args.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "best_epoch": metrics["best_epoch"], "hyperparameters": metrics["hyperparameters"],
+        "temperature": metrics.get("calibration", {}).get("temperature", 1.0),
         "metrics": {s: summary(metrics[s]) for s in ("valid", "test", "baseline") if s in metrics},
     }
     atomic_write_json(dirs.model / MODEL_INFO_FILE, info)
@@ -583,6 +635,9 @@ def write_outputs(dirs: Dirs, state: dict[str, torch.Tensor], metrics: dict[str,
     split = "test" if "test" in metrics else ("valid" if "valid" in metrics else None)
     if split:
         write_confusion_png(dirs.output / CONFUSION_PNG, metrics[split], f"confusion matrix ({split} split)")
+        write_reliability_png(dirs.output / RELIABILITY_PNG, metrics[split], f"reliability ({split} split)")
+        write_coverage_png(dirs.output / COVERAGE_PNG, metrics[split], metrics.get("baseline"),
+                           f"accuracy vs coverage ({split} split)")
 
 
 # ---------------------------------------------------------------- main

@@ -64,7 +64,7 @@ class Rejected:
 
 
 # ================================================================ input and checks
-def resolve_input(cfg_input: Path | None, state: State) -> tuple[Path, set[str] | None]:
+def resolve_input(cfg_input: Path | None, state: State, command: str = "split") -> tuple[Path, set[str] | None]:
     """The data root and the ids to use: --input / split.input (every id in it), else what
     `download` recorded (only the ids of its last selection: data/ may hold earlier downloads)."""
     selection = None
@@ -73,7 +73,7 @@ def resolve_input(cfg_input: Path | None, state: State) -> tuple[Path, set[str] 
     else:
         outputs = state.outputs("download")
         if outputs is None:
-            raise StateError("split has no input: 'bincli download' has not run in this workspace",
+            raise StateError(f"{command} has no input: 'bincli download' has not run in this workspace",
                              hint="run 'bincli download' first, or pass --input DIR")
         root = Path(outputs["data_dir"])
         if outputs.get("ids_file") and Path(outputs["ids_file"]).is_file():
@@ -175,6 +175,58 @@ def assign(items: list[Item], spec: ClassSpec, ratios: tuple[float, float, float
     return splits, outside
 
 
+def keep_groups_together(splits: dict[str, list[Item]], groups: list[list[str]], spec: ClassSpec,
+                         seed: int) -> tuple[dict[str, list[Item]], dict[str, int]]:
+    """Move every group of near-copies that `assign` spread over several splits into one: the split
+    holding most of it (ties: train, then valid). For each photo moved, one ungrouped photo of the
+    same class goes the other way, so every class keeps its shares; where the class has no such
+    photo left, the shift is counted as `unbalanced`. Deterministic for the same inputs and seed."""
+    where = {it.id: name for name, items in splits.items() for it in items}
+    item_of = {it.id: it for items in splits.values() for it in items}
+    grouped = {i for g in groups for i in g}
+    rng = random.Random(seed)
+    stats = {"groups": 0, "groups_moved": 0, "images_moved": 0, "unbalanced": 0}
+    for group in groups:
+        members = [i for i in group if i in where]
+        if len(members) > 1:
+            stats["groups"] += 1
+        sides = Counter(where[i] for i in members)
+        if len(sides) < 2:
+            continue
+        target = max(SPLITS, key=lambda n: (sides[n], -SPLITS.index(n)))
+        stats["groups_moved"] += 1
+        for id_ in members:
+            source = where[id_]
+            if source == target:
+                continue
+            where[id_] = target
+            stats["images_moved"] += 1
+            cls = spec.bucket(item_of[id_].count)
+            swap = sorted(j for j, n in where.items() if n == target and j not in grouped
+                          and spec.bucket(item_of[j].count) == cls)
+            if swap:
+                where[rng.choice(swap)] = source
+            else:
+                stats["unbalanced"] += 1
+    out: dict[str, list[Item]] = {name: [] for name in SPLITS}
+    for id_ in sorted(where):
+        out[where[id_]].append(item_of[id_])
+    return out, stats
+
+
+def near_duplicate_groups_of(items: list[Item], root: Path, workdir: Path) -> list[list[str]]:
+    """The near-duplicate groups among `items` (hashes from the workdir's image-facts cache)."""
+    from bincli.data.near_duplicates import near_duplicate_groups
+    from bincli.data.survey import FactsCache, survey
+
+    cache = FactsCache.for_workdir(workdir)
+    try:
+        facts = survey({it.id: root / it.path for it in items}, cache).facts
+    finally:
+        cache.close()
+    return near_duplicate_groups({i: f.dhash for i, f in facts.items() if not f.error})
+
+
 def _cut(n: int, ratios: tuple[float, float, float]) -> list[int]:
     """Sizes for n items: floors of n*ratio, remainders to the largest fractions (each within 1)."""
     exact = [n * r for r in ratios]
@@ -258,6 +310,11 @@ def stage_split(cfg: SplitConfig, state: State) -> Staged:
     if not items:
         raise DataError(f"{root}: no usable image (checked {len(rejected)} files; see the reasons with --json)")
     splits, outside = assign(items, spec, cfg.ratios, cfg.seed, cfg.max_per_class)
+    grouping = None
+    if cfg.group_near_duplicates:
+        with writing(layout.under(state.workdir, layout.CACHE_DIR), exact=False):
+            groups = near_duplicate_groups_of(items, root, state.workdir)
+        splits, grouping = keep_groups_together(splits, groups, spec, cfg.seed)
     if not splits["train"]:
         raise DataError(f"{root}: no image with a count in classes {spec} (counts seen: "
                         f"{', '.join(str(c) for c in sorted(outside))})")
@@ -267,6 +324,8 @@ def stage_split(cfg: SplitConfig, state: State) -> Staged:
         "rejected": [{"id": r.id, "reason": r.reason} for r in rejected],
         "outside_classes": {str(k): v for k, v in sorted(outside.items())},
     }
+    if grouping is not None:  # (absent when off, so such a split keeps the fingerprint it always had)
+        report["near_duplicates"] = grouping
     table = [
         {"class": label, **{name: sum(1 for it in splits[name] if spec.index(it.count) == i) for name in SPLITS}}
         for i, label in enumerate(spec.labels)
@@ -293,6 +352,7 @@ def stage_split(cfg: SplitConfig, state: State) -> Staged:
         "folders": str(target / FOLDERS_DIR) if cfg.layout == "folders" else None,
         "histogram": str(target / HISTOGRAM_FILE),
         "report": str(target / REPORT_FILE),
+        "near_duplicates": grouping,
     }
     return Staged(folder, target, outputs, {"table": table, "rejected_ids": report["rejected"]})
 

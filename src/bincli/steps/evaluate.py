@@ -4,11 +4,13 @@ Every image of the split manifest goes through the same handler functions (input
 predict_fn, output_fn): over HTTP to the endpoint, `concurrency` requests at a time, or in this
 process (--model / --in-process), in batches. The answers' class probabilities become the metrics of
 bincli.core.metrics (accuracy, log-loss, RMSE/MAE of the count, per-class accuracy, confusion
-matrix) next to the majority-class baseline of the training split: the table `bincli train`
-prints. Both paths give the same numbers.
+matrix; MAE/RMSE of the argmax, median and expected count, calibration error, accuracy against
+coverage, total-count error) next to the majority-class baseline of the training split: the table
+`bincli train` prints. Both paths give the same numbers.
 
-Writes <workdir>/report/evaluate-<split>/: metrics.json, confusion-matrix.png and
-predictions.csv (one row per image: id, path, true and predicted count, confidence, error).
+Writes <workdir>/report/evaluate-<split>/: metrics.json, confusion-matrix.png, reliability.png,
+accuracy-coverage.png and predictions.csv (one row per image: id, path, true and predicted count,
+confidence, error, expected count, count range).
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
         "split": split_name, "source": where, "n": report["n"], "failed": len(failed),
         **{k: report[k] for k in SUMMARY},
         "baseline_accuracy": report["baseline"]["accuracy"] if report["baseline"] else None,
+        "mae_median": report["count_errors"]["median"]["mae"],
+        "rmse_expected": report["count_errors"]["expected"]["rmse"], "ece": report["ece"],
+        "total_count_error": report["total_count"]["error"],
         "report_dir": str(out_dir), "metrics": paths["metrics"], "predictions": str(predictions),
         "figures": {k: v for k, v in paths.items() if k != "metrics"},
     }
@@ -192,15 +197,20 @@ def _score(split: dict[str, Any], split_name: str, spec, samples, answers: list[
 
 
 def _predictions_csv(samples: Sequence, answers: Sequence[dict[str, Any]], spec) -> str:
+    from bincli.core.counting import describe_answer
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "path", "count", "predicted", "confidence", "error"])
+    writer.writerow(["id", "path", "count", "predicted", "confidence", "error", "expected_count", "count_range"])
     for s, a in zip(samples, answers, strict=True):
         true = spec.labels[s.target]
         if "error" in a:
-            writer.writerow([s.id, str(s.path), true, "", "", f"{a.get('status') or ''} {a['error']}".strip()])
+            writer.writerow([s.id, str(s.path), true, "", "", f"{a.get('status') or ''} {a['error']}".strip(), "", ""])
         else:
-            writer.writerow([s.id, str(s.path), true, a["label"], f"{a['confidence']:.6f}", ""])
+            fields = describe_answer(a["probabilities"])  # the same decoding for every source
+            lo, hi = fields["count_range"]
+            writer.writerow([s.id, str(s.path), true, a["label"], f"{a['confidence']:.6f}", "",
+                             f"{fields['expected_count']:.4f}", f"{lo}-{hi}"])
     return buf.getvalue()
 
 

@@ -6,8 +6,12 @@ for backend sagemaker it reaches the real endpoint with boto3's credentials. The
 never imports torch, so a cold `bincli predict` answers fast. `--model model.tar.gz` instead loads
 the model in this process and runs the same handler functions the endpoint runs.
 
-Each image's answer: {"image", "count", "label", "confidence", "probabilities", "ms"}, or
-{"image", "error", "status"} when the endpoint refused it.
+Each image's answer: {"image", "count", "label", "confidence", "probabilities", "expected_count",
+"median_count", "count_range", "ms"}, or {"image", "error", "status"} when the endpoint refused it.
+With an expected count (an order check) also "p_expected" and "verdict" (match, mismatch, review).
+The count-aware fields are decoded here again from the probabilities (core/counting.py, the same
+definition the handler uses) at predict.count_range_level, so an endpoint from an older bundle
+answers them too.
 """
 
 from __future__ import annotations
@@ -140,18 +144,41 @@ def run_predict(cfg: Config, images: Sequence[Path], endpoint: str | None = None
         results = predict_files(predictor, files, concurrency)
     finally:
         predictor.close()
+    for r in results:
+        if "error" not in r:
+            add_count_fields(r, cfg.predict, expected)
     failed = [r for r in results if "error" in r]
-    mismatched = [r for r in results if expected is not None and "error" not in r and r["count"] != expected]
+    verdicts = [r.get("verdict") for r in results]
     return {"source": predictor.where, "results": results, "n": len(results), "failed": len(failed),
-            "expected": expected, "mismatched": len(mismatched)}
+            "expected": expected, "mismatched": verdicts.count("mismatch"), "review": verdicts.count("review")}
 
 
-def outcome_error(result: dict[str, Any]) -> BincliError | None:
-    """The error that makes `bincli predict` exit 1, or None."""
+def add_count_fields(answer: dict[str, Any], settings, expected: int | None) -> dict[str, Any]:
+    """The count-aware fields (and with `expected`, p_expected + verdict) into `answer`, in place."""
+    from bincli.core import counting
+
+    probs = answer["probabilities"]
+    fields = counting.describe_answer(probs, settings.count_range_level)
+    answer.update({k: v for k, v in fields.items() if k != "confidence"})
+    if expected is not None:
+        answer.update(counting.order_check(probs, expected, settings.match_threshold, settings.mismatch_threshold))
+    return answer
+
+
+def outcome_error(result: dict[str, Any], review_exit_code: int = 0) -> BincliError | None:
+    """The error that makes `bincli predict` exit non-zero, or None: 1 for a failed image or a
+    mismatch; `review_exit_code` (0: none) when the only doubt is verdicts of review."""
     parts = []
     if result["failed"]:
         parts.append(f"{result['failed']} of {result['n']} image(s) failed")
     if result["mismatched"]:
         parts.append(f"{result['mismatched']} of {result['n']} image(s) counted other than the expected "
                      f"{result['expected']}")
-    return BincliError("; ".join(parts)) if parts else None
+    if parts:
+        return BincliError("; ".join(parts))
+    if result.get("review") and review_exit_code:
+        error = BincliError(f"{result['review']} of {result['n']} image(s) need a review: the model is not sure "
+                            f"whether they hold {result['expected']}")
+        error.exit_code = review_exit_code
+        return error
+    return None

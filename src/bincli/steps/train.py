@@ -87,7 +87,7 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
         "valid": summary(job["valid"]) if "valid" in job and on != "valid" else None,
         "arch": job["arch"], "classes": job["classes"], "best_epoch": job["best_epoch"],
         "epochs_run": job["epochs_run"], "stop_reason": job.get("stop_reason"),
-        "hyperparameters": job.get("hyperparameters"),
+        "hyperparameters": job.get("hyperparameters"), "calibration": job.get("calibration"),
     }
     report_dir = under(workdir, REPORT_DIR)
     paths = write_report(report, report_dir)

@@ -28,20 +28,35 @@ class LocalBackend(BaseBackend):
                                           fresh=fresh, console=console, live=live)
         return TrainingRun(run_dir, log_path)
 
-    def tune(self, fixed: set[str], console: Any) -> dict[str, Any]:
+    def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]:
         from bincli.backends.local.tuner import run_tune
+
+        # wait/stop: the tune step has refused them already (capability table: sagemaker only)
 
         return run_tune(self.cfg, fixed, console)
 
     def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]:
         from bincli.backends.local.endpoint import deploy
 
+        self.require_deploy_config()
         return deploy(self.cfg, model, update=update, foreground=foreground)
 
     def teardown(self, name: str | None) -> dict[str, Any]:
         from bincli.backends.local.endpoint import teardown
 
         return teardown(self.cfg, name)
+
+    def endpoint_status(self) -> dict[str, Any] | None:
+        from bincli.backends.local.endpoint import running_servers, servers_of
+        from bincli.backends.records import recorded_endpoint
+        from bincli.state import State
+
+        record = recorded_endpoint(State(self.cfg.workdir), backend="local")
+        if record is None:
+            return None
+        up = running_servers(record)  # server processes: the local analogue of instances
+        return {"name": record["name"], "status": "running" if up else "not running",
+                "instances": up, "desired_instances": len(servers_of(record))}
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor:
         from bincli.backends.local.endpoint import running_endpoint

@@ -8,6 +8,15 @@ a record that teardown acts on, never a server that nothing knows of. teardown s
 it is still the one deploy started (same pid, start time and command line: a reused pid is never
 signalled), removes `<workdir>/endpoints/<name>/` (its log, its extracted model) and the state record. A
 second teardown finds nothing to remove. One endpoint per workspace.
+
+deploy.instances N > 1 runs N server processes on one port, each with its share of the cores
+(OMP_NUM_THREADS = cores // N): the local analogue of an endpoint's instance count. They share the
+port through SO_REUSEPORT (Linux): the kernel spreads incoming connections over the N listening
+sockets by a hash of each connection, so no front process sits in the way (no extra hop, nothing
+to fail for all of them) and one busy server does not take every new connection, as a single
+shared accept queue lets it do (asyncio accepts a whole burst in one wake-up). The record keeps
+the first server's identity at its top level (as with one server) and all of them under "servers";
+teardown stops each one that is still the process deploy started.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +44,7 @@ from bincli.layout import ENDPOINTS_DIR
 from bincli.state import State
 
 LOG_FILE = "server.log"
-RUNTIME_FILE = "runtime.json"
+RUNTIME_FILE = "runtime-{}.json"  # one per server process
 STOP_TIMEOUT = 15.0
 
 # Servers this process started, so stopping one also reaps it (no zombie, no ResourceWarning).
@@ -49,6 +59,7 @@ def endpoint_dir(workdir: Path, name: str) -> Path:
 def deploy(cfg: Config, model: Path | None = None, update: bool = False, foreground: bool = False) -> dict[str, Any]:
     """Start the endpoint (or replace its model with update=True); returns what state records."""
     d = cfg.deploy
+    _check_instances(d.instances, foreground)
     state = State(cfg.workdir)
     model_tar = _model_path(cfg, state, model)
 
@@ -73,7 +84,8 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
                                   hint="pass --update to replace its model, or run 'bincli teardown' first")
             # Same name, same URL: stop the old server, start the new one on its port.
             host, port, replaced = existing["host"], existing["port"], existing["model"]
-            info(f"updating endpoint '{d.name}': stopping pid {existing['pid']} (model {replaced})")
+            pids = ", ".join(str(server["pid"]) for server in servers_of(existing))
+            info(f"updating endpoint '{d.name}': stopping pid {pids} (model {replaced})")
             _stop(existing)
         else:
             info(f"endpoint '{existing['name']}' in state is not running (pid {existing['pid']}); replacing it")
@@ -87,7 +99,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
     ep_dir = endpoint_dir(cfg.workdir, d.name)
     ep_dir.mkdir(parents=True, exist_ok=True)
     base = {"backend": "local", "name": d.name, "model": str(model_tar), "host": host, "threads": d.threads,
-            "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE)}
+            "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE), "instances": d.instances}
     if foreground:
         return _run_foreground(cfg, state, base, port)
     try:
@@ -138,44 +150,87 @@ def _check_port_free(host: str, port: int) -> None:
                          hint="pick another port with --port, or --port 0 for a free one") from None
 
 
+def _check_instances(instances: int, foreground: bool) -> None:
+    """Several servers need a background deploy and SO_REUSEPORT's load spreading (Linux)."""
+    if instances == 1:
+        return
+    if foreground:
+        raise UsageError(f"--foreground serves one process in this terminal; deploy.instances is {instances}",
+                         hint="drop --foreground, or pass --instances 1")
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError(f"deploy.instances {instances}: several servers on one port need Linux's SO_REUSEPORT "
+                         f"(this is {sys.platform})", hint="pass --instances 1")
+
+
+def torch_threads(instances: int) -> int:
+    """Each server's share of the cores this process may use (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // instances)
+
+
 def _start_background(cfg: Config, state: State, base: dict[str, Any], port: int, ep_dir: Path) -> dict[str, Any]:
     d = cfg.deploy
-    log_path, runtime_file = ep_dir / LOG_FILE, ep_dir / RUNTIME_FILE
-    runtime_file.unlink(missing_ok=True)
+    n = d.instances
+    log_path = ep_dir / LOG_FILE
+    runtime_files = [ep_dir / RUNTIME_FILE.format(i) for i in range(n)]
+    for f in runtime_files:
+        f.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    reserved = None
+    if n > 1:
+        from bincli.backends.local.server import bind
+
+        # Holds the port (port 0: picks it) until every server has bound it too; never listens itself,
+        # so the kernel gives it no connection.
+        reserved = bind(base["host"], port, reuse_port=True)
+        port = reserved.getsockname()[1]
+        env.setdefault("OMP_NUM_THREADS", str(torch_threads(n)))  # a caller's explicit setting wins
     cmd = [sys.executable, "-m", "bincli.backends.local.server", "--model", base["model"], "--name", base["name"],
            "--host", base["host"], "--port", str(port), "--threads", str(base["threads"]),
            "--body-timeout", str(d.body_timeout), "--keep-alive-timeout", str(d.keep_alive_timeout),
            "--max-connections", str(d.max_connections), "--extract-dir", str(ep_dir),
-           "--runtime-file", str(runtime_file)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "ab") as log:
-        log.write(f"---- {_now()} bincli deploy: {' '.join(cmd)}\n".encode())
-        log.flush()
-        attempt_starts = log.tell()  # the log is appended to: report only this attempt's lines
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, close_fds=True)
-    _CHILDREN[proc.pid] = proc
+           "--max-batch-size", str(d.max_batch_size), "--max-batch-delay-ms", str(d.max_batch_delay_ms)]
+    cmd += ["--reuse-port"] if n > 1 else []
+    procs: list[subprocess.Popen] = []
     try:
+        with open(log_path, "ab") as log:
+            log.write(f"---- {_now()} bincli deploy ({n} server(s)): {' '.join(cmd)}\n".encode())
+            log.flush()
+            attempt_starts = log.tell()  # the log is appended to: report only this attempt's lines
+            for f in runtime_files:
+                proc = subprocess.Popen([*cmd, "--runtime-file", str(f)], stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+                _CHILDREN[proc.pid] = proc
+                procs.append(proc)
         # Recorded before waiting: a deploy killed while it waits leaves a record teardown acts on.
-        started = {**base, **_identity_if_alive(proc.pid), "port": port, "url": None, "starting": True,
+        servers = [_identity_if_alive(p.pid) for p in procs]
+        started = {**base, **servers[0], "servers": servers, "port": port, "url": None, "starting": True,
                    "foreground": False}
+        if n > 1:
+            threads = env["OMP_NUM_THREADS"]
+            started["torch_threads"] = int(threads) if threads.isdigit() else threads
         state.record("deploy", started, d.model_dump(mode="json"))
-        info(f"starting endpoint '{base['name']}' (pid {proc.pid}); log: {log_path}")
-        runtime = _wait_until_up(proc, runtime_file, log_path, attempt_starts, base["name"], d.startup_timeout)
-    except BaseException:  # Ctrl-C included: the server must not outlive this deploy unrecorded
-        _terminate(proc)
+        info(f"starting endpoint '{base['name']}' (pid {', '.join(str(p.pid) for p in procs)}); log: {log_path}")
+        deadline = time.monotonic() + d.startup_timeout
+        runtimes = [_wait_until_up(p, f, log_path, attempt_starts, base["name"], deadline, d.startup_timeout)
+                    for p, f in zip(procs, runtime_files, strict=True)]
+    except BaseException:  # Ctrl-C included: no server may outlive this deploy unrecorded
+        for p in procs:
+            _terminate(p)
         current = state.outputs("deploy")
-        if current is not None and current.get("pid") == proc.pid:
+        if procs and current is not None and current.get("pid") == procs[0].pid:
             state.forget("deploy")
         raise
+    finally:
+        if reserved is not None:
+            reserved.close()
     started.pop("starting")
-    return {**started, "port": runtime["port"], "url": runtime["url"]}
+    return {**started, "port": runtimes[0]["port"], "url": runtimes[0]["url"]}
 
 
 def _wait_until_up(proc: subprocess.Popen, runtime_file: Path, log_path: Path, attempt_starts: int, name: str,
-                   timeout: float) -> dict[str, Any]:
-    """The server's runtime file once /ping answers; BincliError if it exits or takes over `timeout` s."""
-    deadline = time.monotonic() + timeout
+                   deadline: float, timeout: float) -> dict[str, Any]:
+    """The server's runtime file once /ping answers; BincliError if it exits or is not up by `deadline`."""
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -228,10 +283,10 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
     record = recorded_endpoint(state, name, backend="local")
     if record is None:
         return {**nothing_to_remove(cfg.workdir, name), "stopped": False}
-    removed = []
-    stopped = _stop(record)
-    if stopped:
-        removed.append(f"process {record['pid']}")
+    outcome = [(server["pid"], _stop_one(server)) for server in servers_of(record)]
+    removed = [f"process {pid}" for pid, ok in outcome if ok]
+    stopped = any(ok for _, ok in outcome)
+    left = [str(pid) for pid, ok in outcome if not ok]
     ep_dir = endpoint_dir(cfg.workdir, record["name"])
     if ep_dir.is_dir():
         import shutil
@@ -242,9 +297,11 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
             ep_dir.parent.rmdir()  # <workdir>/endpoints, if now empty
     state.forget("deploy")
     removed.append("state record 'deploy'")
-    note = "" if stopped else f" (pid {record['pid']} was no longer this endpoint's server: left alone)"
-    return {"name": record["name"], "url": record.get("url"), "pid": record["pid"], "stopped": stopped,
-            "removed": removed, "message": f"removed endpoint '{record['name']}'{note}"}
+    note = (f" (pid {', '.join(left)} {'was' if len(left) == 1 else 'were'} no longer this endpoint's server: "
+            f"left alone)") if left else ""
+    return {"name": record["name"], "url": record.get("url"), "pid": record["pid"],
+            "pids": [pid for pid, _ in outcome], "stopped": stopped, "removed": removed,
+            "message": f"removed endpoint '{record['name']}'{note}"}
 
 
 # ---------------------------------------------------------------- for predict / evaluate
@@ -268,7 +325,18 @@ def running_endpoint(cfg: Config, name: str | None = None) -> dict[str, Any]:
 
 
 def is_running(record: dict[str, Any]) -> bool:
-    return _our_process(record) is not None
+    """True while any of the endpoint's servers is still the process deploy started (it answers)."""
+    return running_servers(record) > 0
+
+
+def running_servers(record: dict[str, Any]) -> int:
+    return sum(_our_process(server) is not None for server in servers_of(record))
+
+
+def servers_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each server process's identity (pid, start time, command line): "servers", or the record itself
+    (a foreground server, records made before deploy.instances)."""
+    return record.get("servers") or [record]
 
 
 def ping(url: str, timeout: float = 2.0) -> bool:
@@ -316,6 +384,11 @@ def _our_process(record: dict[str, Any]):
 
 
 def _stop(record: dict[str, Any]) -> bool:
+    """Stop every server of the record that is still ours; True if any was stopped."""
+    return any([_stop_one(server) for server in servers_of(record)])  # a list: stop all, not the first only
+
+
+def _stop_one(record: dict[str, Any]) -> bool:
     """SIGTERM (then SIGKILL) the recorded server if it is still ours; True if it was stopped."""
     import psutil
 

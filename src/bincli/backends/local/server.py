@@ -12,8 +12,11 @@ functions SageMaker's container runs, so local answers are SageMaker's answers. 
 request gets the handler's 4xx and the body {"error": message}; on the runtime path it is
 wrapped the way SageMaker does it (424 ModelError with OriginalStatusCode), which boto3 parses.
 
-The model is loaded once, before the port answers. Inference runs in a pool of `threads`
-worker threads (torch releases the GIL), so /ping and /metrics answer while requests run.
+The model is loaded once, before the port answers, on the fastest runtime that loads (core/runtimes.py,
+named by /info). Requests are decoded in a pool of `threads` worker threads (torch releases the GIL),
+so /ping and /metrics answer while requests run. With max_batch_size > 1 (off by default) the images
+of concurrent requests then run as one forward (batching.py); each answer carries x-bincli-batch-size
+and /metrics counts the batches.
 The routes are plain module functions; what they share (model, pool, stats, settings) is on app.state.
 
 Clients that hold connections without using them are cut off (settings from DeployConfig):
@@ -26,6 +29,7 @@ removes the folders of servers that are gone (killed with SIGKILL, say).
 
 Run: python -m bincli.backends.local.server --model model.tar.gz [--name N] [--host H] [--port P] [--threads T]
      [--runtime-file F] [--extract-dir D] [--body-timeout S] [--keep-alive-timeout S] [--max-connections N]
+     [--max-batch-size N] [--max-batch-delay-ms MS]
      (port 0 picks a free port; F receives {"pid", "port", "url", ...} when ready)
 """
 
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -50,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bincli.artifacts.loader import load_model, warm_up
+from bincli.backends.local.batching import Batcher
 from bincli.core.contract import JSON_CONTENT_TYPE, MAX_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -110,7 +116,7 @@ async def ping(request):
 
 async def invocations(request):
     status, payload, out_type = await _invoke(request)
-    return _response(payload, status, out_type)
+    return _response(payload, status, out_type, _batch_header(request))
 
 
 async def runtime_invocations(request):
@@ -120,7 +126,8 @@ async def runtime_invocations(request):
         return _aws_error(400, "ValidationError", f"Endpoint {endpoint_name} not found.")
     status, payload, out_type = await _invoke(request)
     if status == 200:
-        return _response(payload, 200, out_type, {"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+        return _response(payload, 200, out_type,
+                         {"x-Amzn-Invoked-Production-Variant": "AllTraffic", **_batch_header(request)})
     # What SageMaker's runtime does with a container's error answer.
     try:
         message = json.loads(payload)["error"]
@@ -137,7 +144,9 @@ async def runtime_invocations(request):
 
 
 async def metrics(request):
-    return _json(request.app.state.stats.snapshot())
+    state = request.app.state
+    batching = state.batcher.snapshot() if state.batcher is not None else {"max_batch_size": 1}
+    return _json({**state.stats.snapshot(), "batching": batching})
 
 
 async def info(request):
@@ -145,7 +154,9 @@ async def info(request):
     model = state.model
     return _json({"name": state.settings.name, "pid": os.getpid(), "model": state.model_path,
                   "arch": model.info.get("arch"), "classes": str(model.classes), "labels": model.labels,
-                  "image_size": model.image_size, "threads": state.settings.threads})
+                  "image_size": model.image_size, "threads": state.settings.threads,
+                  "runtime": getattr(model.runtime, "name", "eager"),
+                  "max_batch_size": state.settings.max_batch_size})
 
 
 ROUTES = (
@@ -172,6 +183,8 @@ def create_app(model: Any, deploy: DeployConfig | None = None, model_path: str |
     app.state.settings = deploy
     app.state.stats = Stats()
     app.state.pool = ThreadPoolExecutor(max_workers=deploy.threads, thread_name_prefix="infer")
+    app.state.batcher = (Batcher(functools.partial(_forward, model), deploy.max_batch_size,
+                                 deploy.max_batch_delay_ms / 1000) if deploy.max_batch_size > 1 else None)
     return app
 
 
@@ -179,6 +192,8 @@ def create_app(model: Any, deploy: DeployConfig | None = None, model_path: str |
 async def _lifespan(app):
     yield
     app.state.pool.shutdown(wait=False, cancel_futures=True)
+    if app.state.batcher is not None:
+        app.state.batcher.close()
 
 
 async def _http_error(_request, exc):
@@ -201,8 +216,13 @@ async def _invoke(request) -> tuple[int, bytes, str]:
     try:
         body = await _read_body(request, state.settings.body_timeout)
         loop = asyncio.get_running_loop()
-        text, out_type = await loop.run_in_executor(state.pool, inference.handle_request, state.model, body,
-                                                    content_type, accept)
+        if state.batcher is None:
+            text, out_type = await loop.run_in_executor(state.pool, inference.handle_request, state.model, body,
+                                                        content_type, accept)
+        else:  # decode here, alone (a 4xx is this request's); the forward with whatever else is waiting
+            image = await loop.run_in_executor(state.pool, _prepare, state.model, body, content_type)
+            answer, request.state.batch_size = await state.batcher.submit(image)
+            text, out_type = inference.output_fn(answer, accept)
         status, payload = 200, text.encode("utf-8")
     except inference.InferenceError as exc:
         status, out_type = exc.status_code, JSON_CONTENT_TYPE
@@ -224,6 +244,28 @@ async def _invoke(request) -> tuple[int, bytes, str]:
     else:
         log.info("%s %s %s %.1fms", request.method, request.url.path, status, ms)
     return status, payload, out_type
+
+
+def _prepare(model: Any, body: bytes, content_type: str | None):
+    """input_fn and the model's eval transform: one image's (3, S, S) tensor, or its InferenceError."""
+    from bincli.core import inference
+
+    return model.transform(inference.input_fn(body, content_type))
+
+
+def _forward(model: Any, images: list) -> list[dict[str, Any]]:
+    """predict_fn over a batch of transformed images: one answer each."""
+    import torch
+
+    from bincli.core import inference
+
+    return inference.predict_fn(torch.stack(images), model)
+
+
+def _batch_header(request) -> dict[str, str]:
+    """x-bincli-batch-size: how many images the forward that answered this request held (batching on)."""
+    size = getattr(request.state, "batch_size", None)
+    return {"x-bincli-batch-size": str(size)} if size is not None else {}
 
 
 async def _read_body(request, timeout: float) -> bytes:
@@ -350,13 +392,15 @@ def _protocol_class():
     return Protocol
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A bound socket (port 0: a free one). OSError with a readable message if the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted sockets only when it sees it. Without
     # NODELAY, Nagle holds a response's second write until the client's delayed ACK: +40 ms per keep-alive request.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # deploy.instances > 1: several servers share the port, the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -370,12 +414,13 @@ def url_of(host: str, port: int) -> str:
 
 
 def serve(model_tar: Path, deploy: DeployConfig | None = None, runtime_file: Path | None = None,
-          on_ready: Callable[[dict[str, Any]], None] | None = None, extract_dir: Path | None = None) -> None:
+          on_ready: Callable[[dict[str, Any]], None] | None = None, extract_dir: Path | None = None,
+          reuse_port: bool = False) -> None:
     """Load the model, bind deploy.host:deploy.port, announce (runtime file, on_ready) and serve until
     SIGTERM/SIGINT. The model is extracted under `extract_dir` (default: the system temp folder)."""
     deploy = deploy or settings()
     model_tar = Path(model_tar).resolve()
-    sock = bind(deploy.host, deploy.port)  # fail fast on a taken port, before the slow model load
+    sock = bind(deploy.host, deploy.port, reuse_port)  # fail fast on a taken port, before the slow model load
     mine, lock_fd, tmp = None, None, None
     try:
         t0 = time.perf_counter()
@@ -383,6 +428,7 @@ def serve(model_tar: Path, deploy: DeployConfig | None = None, runtime_file: Pat
             mine, lock_fd = _claim_extract_dir(Path(extract_dir))
         model, tmp = load_model(model_tar, workdir=mine)
         warm_up(model)
+        _one_torch_thread_beside(model)
         port = sock.getsockname()[1]
         runtime = {"pid": os.getpid(), "name": deploy.name, "host": deploy.host, "port": port,
                    "url": url_of(deploy.host, port), "model": str(model_tar), "threads": deploy.threads}
@@ -412,6 +458,18 @@ def serve(model_tar: Path, deploy: DeployConfig | None = None, runtime_file: Pat
             os.close(lock_fd)
         if runtime_file is not None:
             _remove_if_ours(Path(runtime_file))
+
+
+def _one_torch_thread_beside(model: Any) -> None:
+    """With ONNX Runtime running the forward on its own threads, torch here only decodes and resizes, one
+    request per pool thread: let each use one torch thread. Two-thread torch ops on one image's tensors wait
+    on each other and on the forward (2 CPUs, loaded machine: the eval transform took 61 ms median with
+    2 threads against 5 ms with 1, the same 1.1-1.3 ms at best)."""
+    if getattr(model.runtime, "name", None) == "onnxruntime":
+        import torch
+
+        torch.set_num_threads(1)
+        log.info("torch uses 1 thread for decoding and resizing (ONNX Runtime runs the forward on its own)")
 
 
 def _claim_extract_dir(root: Path) -> tuple[Path, int]:
@@ -517,15 +575,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"seconds a connection may sit idle or send headers (default {d.keep_alive_timeout:g})")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
                    help=f"connections served at once, beyond it 503 (default {d.max_connections})")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help=f"images of concurrent requests run as one forward, at most this many; 1 = off "
+                        f"(default {d.max_batch_size})")
+    p.add_argument("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms,
+                   help=f"ms a batch that is not full waits for more requests (default {d.max_batch_delay_ms:g})")
     p.add_argument("--runtime-file", type=Path, default=None,
                    help="write {pid, port, url, ...} here once serving (removed on exit)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the port with other servers started so (SO_REUSEPORT; deploy.instances > 1)")
     p.add_argument("--extract-dir", type=Path, default=None,
                    help="extract the model under DIR/model-<pid>/ and remove dead servers' folders there "
                         "(default: a temp folder)")
     return p
 
 
-_SETTINGS = ("name", "host", "port", "threads", "body_timeout", "keep_alive_timeout", "max_connections")
+_SETTINGS = ("name", "host", "port", "threads", "body_timeout", "keep_alive_timeout", "max_connections",
+             "max_batch_size", "max_batch_delay_ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         deploy = settings(**{key: getattr(args, key) for key in _SETTINGS})
-        serve(args.model, deploy, args.runtime_file, extract_dir=args.extract_dir)
+        serve(args.model, deploy, args.runtime_file, extract_dir=args.extract_dir, reuse_port=args.reuse_port)
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-")

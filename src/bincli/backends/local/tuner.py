@@ -3,7 +3,9 @@
 Each trial is the same training process `bincli train` runs (the core entry point under the SM_*
 contract, `--name value` hyperparameters), so a trial here is a training job there. The trial's
 epoch lines are read as they come: each epoch's objective is reported to Optuna, and a trial the
-median pruner gives up on is stopped (SIGTERM: it saves a checkpoint and exits).
+pruner (median, or Hyperband with `tune.strategy: hyperband`) gives up on is stopped (SIGTERM: it
+saves a checkpoint and exits). A trial's value is the last best-so-far line it printed
+(`best_valid_loss=...`), the number a SageMaker tuning job scores the same trial by.
 
 The study lives in `<workdir>/tune/study.db`: a rerun with the same search continues it and runs
 only the trials still missing. Results: `<workdir>/tune/tune-results.csv` (one row per trial) and
@@ -26,7 +28,7 @@ from typing import Any
 
 from bincli.backends.local.launcher import build_command, build_env, run_child
 from bincli.config import Config, SearchSpace, TrainConfig, TuneConfig
-from bincli.core.contract import parse_epoch_line
+from bincli.core.contract import best_metric, parse_best_line, parse_epoch_line
 from bincli.core.fileio import atomic_write_text
 from bincli.errors import BincliError, DataError
 from bincli.hyperparameters import hyperparameters_from
@@ -46,7 +48,7 @@ class TrialFailed(Exception):
 
 def search_space(space: SearchSpace, fixed: set[str]) -> dict[str, Any]:
     """The searched hyperparameters (train config names), less those fixed by flags."""
-    return {name: value for name, value in space.model_dump().items() if value is not None and name not in fixed}
+    return space.searched(fixed)
 
 
 def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +106,10 @@ def _open_study(tune: TuneConfig, space: dict[str, Any], train_cfg: TrainConfig,
         storage=f"sqlite:///{tune_dir / 'study.db'}",
         load_if_exists=True,
         direction=DIRECTIONS[tune.objective],
-        sampler=optuna.samplers.TPESampler(seed=tune.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        sampler=(optuna.samplers.RandomSampler(seed=tune.seed) if tune.strategy == "random"
+                 else optuna.samplers.TPESampler(seed=tune.seed)),
+        pruner=(optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune.epochs)
+                if tune.strategy == "hyperband" else optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)),
     )
 
 
@@ -162,10 +166,11 @@ class _Objective:
         trial_dir = self.tune_dir / f"trial-{trial.number:03d}"
         shutil.rmtree(trial_dir, ignore_errors=True)  # a trial always starts fresh
         best: list[float] = []
+        scores: list[float] = []
         started = time.monotonic()
         try:
             code, _ = run_child(self.command(params, trial_dir), self.env(trial_dir), trial_dir / "train.log",
-                                self._reader(trial, best), grace_s=30)
+                                self._reader(trial, best, scores), grace_s=30)
         except optuna.TrialPruned:
             trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
             self._say(f"trial {trial.number}: pruned after {len(best)} epoch(s) {_show(params)}")
@@ -174,10 +179,10 @@ class _Objective:
             with self.lock:
                 _write_results(self.tune_dir / RESULTS_FILE, self.study, self.space)
         trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
-        if code != 0 or not best:
+        if code != 0 or not scores:
             self._say(f"trial {trial.number}: failed (exit code {code}; log {trial_dir / 'train.log'})")
             raise TrialFailed(f"exit code {code}")
-        value = min(best) if DIRECTIONS[self.objective] == "minimize" else max(best)
+        value = scores[-1]  # the last best-so-far line: SageMaker's score for the same trial
         self._say(f"trial {trial.number}: {self.objective}={value:.4f} {_show(params)}")
         return value
 
@@ -194,11 +199,16 @@ class _Objective:
         env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
-    def _reader(self, trial, best: list[float]):
-        """on_line for run_child: report each epoch's objective to Optuna; stop a pruned trial."""
+    def _reader(self, trial, best: list[float], scores: list[float] | None = None):
+        """on_line for run_child: report each epoch's objective to Optuna (appended to `best`); stop
+        a pruned trial; the best-so-far lines' objective values go to `scores`."""
         import optuna
 
         def on_line(line: str) -> None:
+            so_far = parse_best_line(line)
+            if so_far is not None and scores is not None:
+                scores.append(so_far[best_metric(self.objective)])
+                return
             row = parse_epoch_line(line)
             if row is None or self.objective not in row:
                 return

@@ -2,8 +2,11 @@
 
     session.py       the boto3 session, role, bucket, AWS error messages, "not found"
     training_job.py  the core entry point as a v3 ModelTrainer job; attach, wait, fetch artifacts
+    tuner.py         tune: a hyperparameter tuning job of those jobs; attach, live view, stop, leaderboard
     job_logs.py      the job's CloudWatch log lines while it runs
-    endpoint.py      deploy/teardown: model, endpoint config, endpoint, recorded before waiting
+    endpoint.py      deploy and deploy --update: model, endpoint config, endpoint, recorded before waiting
+    scaling.py       Application Auto Scaling of the endpoint's variant (target tracking)
+    teardown.py      teardown: what deploy recorded, or (--all) what carries this workspace's tag
 
 Endpoints and credentials come from boto3's standard chain (AWS_ENDPOINT_URL, AWS_PROFILE, ...).
 """
@@ -16,6 +19,11 @@ from typing import Any
 
 from bincli.backends import BaseBackend, TrainingRun
 from bincli.backends.runtime import EndpointPredictor
+from bincli.core.contract import MAX_PAYLOAD_BYTES
+
+REALTIME_MAX_PAYLOAD = MAX_PAYLOAD_BYTES  # bytes per invocation, real-time endpoints (6 MB)
+SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # bytes per invocation, serverless endpoints
+SERVERLESS_TIMEOUT_S = 60.0               # a serverless invocation is cut off after 60 s
 
 
 class SageMakerBackend(BaseBackend):
@@ -27,32 +35,50 @@ class SageMakerBackend(BaseBackend):
 
         return train_on_sagemaker(self.cfg, hp, split, fresh=fresh, wait=wait, console=console)
 
-    def tune(self, fixed: set[str], console: Any) -> dict[str, Any]:
-        self.require("tune")
-        raise AssertionError("unreachable: the capability table says tune is local only")
+    def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]:
+        from bincli.backends.sagemaker.tuner import tune_on_sagemaker
+
+        return tune_on_sagemaker(self.cfg, fixed, console, wait=wait, stop=stop)
 
     def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]:
         from bincli.backends.sagemaker.endpoint import deploy_sagemaker
 
-        if update:
-            self.require("--update")
         if foreground:
             self.require("--foreground")
-        return deploy_sagemaker(self.cfg, model)
+        self.require_deploy_config()
+        return deploy_sagemaker(self.cfg, model, update=update)
 
     def teardown(self, name: str | None) -> dict[str, Any]:
-        from bincli.backends.sagemaker.endpoint import teardown_sagemaker
+        from bincli.backends.sagemaker.teardown import teardown_sagemaker
 
         return teardown_sagemaker(self.cfg, name)
+
+    def teardown_all(self) -> dict[str, Any]:
+        from bincli.backends.sagemaker.teardown import teardown_tagged
+
+        return teardown_tagged(self.cfg)
+
+    def endpoint_status(self) -> dict[str, Any] | None:
+        from bincli.backends.sagemaker.endpoint import endpoint_status
+
+        return endpoint_status(self.cfg)
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor:
         from bincli.backends.records import endpoint_to_call
         from bincli.state import State
 
-        name = endpoint_to_call(State(self.cfg.workdir), endpoint, endpoint_url, self.cfg.deploy.name)
+        state = State(self.cfg.workdir)
+        name = endpoint_to_call(state, endpoint, endpoint_url, self.cfg.deploy.name)
+        record = state.outputs("deploy") or {}
+        record = record if record.get("name") == name and record.get("backend") == "sagemaker" else {}
+        # SageMaker's limits, enforced before sending: 6 MB a request (4 MB and 60 s when serverless).
+        serverless = bool(record.get("serverless"))
         p = self.cfg.predict
-        return EndpointPredictor(name, endpoint_url, region=self.cfg.sagemaker.region, timeout=p.timeout,
-                                 concurrency=p.concurrency, signed=True)
+        return EndpointPredictor(name, endpoint_url, region=record.get("region") or self.cfg.sagemaker.region,
+                                 timeout=min(p.timeout, SERVERLESS_TIMEOUT_S) if serverless else p.timeout,
+                                 concurrency=p.concurrency, signed=True,
+                                 max_payload=SERVERLESS_MAX_PAYLOAD if serverless else REALTIME_MAX_PAYLOAD,
+                                 limit_of="a serverless SageMaker endpoint" if serverless else "a SageMaker endpoint")
 
     def upload(self) -> dict[str, Any]:
         from bincli.data.upload import run_upload

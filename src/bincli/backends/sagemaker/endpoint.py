@@ -1,27 +1,35 @@
-"""`bincli deploy` / `teardown` on backend sagemaker: a real-time SageMaker endpoint, with boto3.
+"""`bincli deploy` on backend sagemaker: a real-time (or serverless) SageMaker endpoint, with boto3.
 
 deploy puts the packaged model.tar.gz in S3 (the one `train` uploaded, or uploads the local one),
 creates a SageMaker model (AWS's PyTorch inference image; our code/inference.py is its handler),
-an endpoint config and the endpoint, records every name in state before waiting, then waits for
-InService. teardown deletes exactly those names (endpoint, then config, then model); a name that
-is already gone is not an error, so a second teardown finds nothing to remove.
+an endpoint config and the endpoint, each tagged with the workspace, records every name (and the
+scaling plan) in state before waiting, waits for InService, then registers autoscaling.
+
+`deploy --update` makes a new model + endpoint config and calls UpdateEndpoint. The old config and
+model are deleted only once the endpoint is InService on the new one; a failed update leaves the
+endpoint serving the old model, deletes the new ones and says so. Autoscaling is taken off for the
+update (AWS refuses to update a scaled variant's instance type) and put back after, either way.
 
 (boto3, not the v3 SDK's resource classes: those crash on moto's replies; see SAGEMAKER.md.)
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bincli.backends.records import nothing_to_remove, recorded_endpoint
+from bincli.backends.records import recorded_endpoint
+from bincli.backends.sagemaker import scaling
 from bincli.backends.sagemaker.session import (
     artifacts_location,
     aws_error,
     boto_session,
     is_not_found,
+    resource_tags,
     role_arn,
     upload_model,
 )
@@ -32,81 +40,272 @@ from bincli.errors import BincliError, ConfigError, StateError
 from bincli.state import State
 
 MODEL_DIR_IN_CONTAINER = "/opt/ml/model"
+MAX_NAME = 63  # SageMaker's limit for model, endpoint config and endpoint names
+# Serverless endpoints run on CPU; the default image is chosen as for this CPU instance type.
+SERVERLESS_IMAGE_AS_FOR = "ml.m5.large"
+_GPU_INSTANCE = re.compile(r"^ml\.(p|g)\d")
 
 
-def deploy_sagemaker(cfg: Config, model: Path | None = None) -> dict[str, Any]:
-    """Create the endpoint for the trained model and wait until it is InService."""
+def clients(cfg: Config, region: str | None = None) -> tuple[Any, Any]:
+    """(sagemaker, application-autoscaling) clients in `region` (a record's), else the configured one."""
+    from botocore.config import Config as BotoConfig
+
+    session = boto_session(cfg.sagemaker, region=region)
+    retries = BotoConfig(retries={"mode": "standard"})
+    return session.client("sagemaker", config=retries), session.client("application-autoscaling", config=retries)
+
+
+def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = False) -> dict[str, Any]:
+    """Create the endpoint (or, with update=True, put a new model on it); wait until InService."""
     state = State(cfg.workdir)
-    existing = state.outputs("deploy")
-    if existing is not None:
+    existing = recorded_endpoint(state, backend="sagemaker")
+    if existing is None:
+        return _create(cfg, state, model)
+    if not update:
         raise BincliError(f"endpoint '{existing['name']}' is already deployed from {cfg.workdir}",
-                          hint="'bincli teardown' first (one endpoint per workspace)")
-    sm_cfg = cfg.sagemaker
-    session = boto_session(sm_cfg)
-    region = session.region_name
-    role = role_arn(sm_cfg)
-    model_s3 = _model_in_s3(cfg, state, model, region)
-    image = sm_cfg.inference_image or _default_image(cfg, region)
-    name = cfg.deploy.name
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    model_name = config_name = f"{name}-{stamp}"[:63]
-    sm = session.client("sagemaker")
-    record = {"backend": "sagemaker", "name": name, "region": region, "model_s3": model_s3, "image": image,
-              "models": [], "endpoint_configs": [], "instance_type": sm_cfg.deploy_instance_type,
-              "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                          hint="--update puts the new model on it; 'bincli teardown' removes it")
+    if existing["name"] != cfg.deploy.name:
+        raise BincliError(f"endpoint '{existing['name']}' is deployed from {cfg.workdir}, not '{cfg.deploy.name}' "
+                          "(one endpoint per workspace)", hint=f"--name {existing['name']}, or 'bincli teardown' first")
+    if not existing.get("endpoint"):
+        raise StateError(f"endpoint '{existing['name']}' was never created (its deploy was interrupted)",
+                         hint="'bincli teardown' removes what it left, then 'bincli deploy'")
+    return _update(cfg, state, existing, model)
+
+
+def resource_name(base: str, stamp: str, taken: Any = ()) -> str:
+    """`<base>-<stamp>` within 63 characters and never ending in '-' (SageMaker rejects both): the
+    base is cut, never the stamp; `-2`, `-3`... when the name is taken (an update in the same second)."""
+    for n in itertools.count(1):
+        suffix = stamp if n == 1 else f"{stamp}-{n}"
+        name = f"{base[:MAX_NAME - 1 - len(suffix)].rstrip('-')}-{suffix}"
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable")
+
+
+def endpoint_status(cfg: Config) -> dict[str, Any] | None:
+    """The recorded endpoint as SageMaker sees it now: status, current and desired instance counts."""
+    record = recorded_endpoint(State(cfg.workdir), backend="sagemaker")
+    if record is None or not record.get("endpoint"):
+        return None
+    sm, _ = clients(cfg, record.get("region"))
     try:
-        sm.create_model(ModelName=model_name, ExecutionRoleArn=role, PrimaryContainer={
-            "Image": image, "ModelDataUrl": model_s3,
-            "Environment": {"SAGEMAKER_PROGRAM": INFERENCE_SCRIPT,
-                            "SAGEMAKER_SUBMIT_DIRECTORY": f"{MODEL_DIR_IN_CONTAINER}/{CODE_DIR}",
-                            "SAGEMAKER_REGION": region}})
-        record["models"].append(model_name)
-        state.record("deploy", record)  # from here on, teardown knows what to delete
-        sm.create_endpoint_config(EndpointConfigName=config_name, ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": model_name, "InstanceType": sm_cfg.deploy_instance_type,
-            "InitialInstanceCount": sm_cfg.deploy_instance_count}])
-        record["endpoint_configs"].append(config_name)
-        state.record("deploy", record)
-        sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name)
+        desc = sm.describe_endpoint(EndpointName=record["endpoint"])
+    except Exception as exc:
+        if is_not_found(exc):
+            return {"name": record["endpoint"], "status": "not found"}
+        raise aws_error(exc, f"endpoint '{record['endpoint']}'") from None
+    variant = (desc.get("ProductionVariants") or [{}])[0]
+    out = {"name": record["endpoint"], "status": desc["EndpointStatus"], "endpoint_config": desc["EndpointConfigName"],
+           "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount")}
+    if variant.get("CurrentServerlessConfig"):
+        out["serverless"] = variant["CurrentServerlessConfig"]
+    if desc.get("FailureReason"):
+        out["failure_reason"] = desc["FailureReason"]
+    return out
+
+
+# ---------------------------------------------------------------- create
+def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
+    sm_cfg, d = cfg.sagemaker, cfg.deploy
+    sm, aas = clients(cfg)
+    region = sm.meta.region_name
+    role = role_arn(sm_cfg)
+    image = _image(cfg, region)
+    model_s3 = _model_in_s3(cfg, state, model, region)
+    name = d.name
+    record: dict[str, Any] = {
+        "backend": "sagemaker", "name": name, "region": region, "models": [], "endpoint_configs": [],
+        "autoscaling": scaling.plan(name, d.autoscaling) if d.autoscaling else None,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        _, config_name = _model_and_config(cfg, sm, state, record, role, image, model_s3,
+                                           _instance_count(cfg, None))
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name,
+                           Tags=resource_tags(cfg.workdir, "deploy"))
         record["endpoint"] = name
         state.record("deploy", record)
+    except BincliError:
+        raise
     except Exception as exc:
         raise aws_error(exc, f"creating endpoint '{name}'") from None
-    err.print(f"creating endpoint '{name}' ({sm_cfg.deploy_instance_count} x {sm_cfg.deploy_instance_type}); "
-              "this takes a few minutes", markup=False, soft_wrap=True)
-    status = _wait_in_service(sm, name, sm_cfg.poll_seconds, sm_cfg.deploy_timeout_minutes * 60)
-    record["status"] = status
-    state.record("deploy", record)
+    err.print(f"creating endpoint '{name}' ({_capacity(record)}); this takes a few minutes", markup=False,
+              soft_wrap=True)
+    desc = _wait(sm, name, sm_cfg.poll_seconds, sm_cfg.deploy_timeout_minutes * 60)
+    if desc["EndpointStatus"] != "InService":
+        raise BincliError(f"endpoint '{name}' {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}",
+                          hint="see its CloudWatch logs (/aws/sagemaker/Endpoints); 'bincli teardown' removes it")
+    record["status"] = "InService"
+    _register_scaling(aas, state, record)
     return {**record, "action": "created"}
 
 
-def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
-    """Delete what deploy recorded (endpoint, configs, models); nothing else."""
-    state = State(cfg.workdir)
-    record = recorded_endpoint(state, name, backend="sagemaker")
-    if record is None:
-        return nothing_to_remove(cfg.workdir, name)
-    from botocore.config import Config as BotoConfig
+def _model_and_config(cfg: Config, sm: Any, state: State, record: dict[str, Any], role: str, image: str,
+                      model_s3: str, count: int) -> tuple[str, str]:
+    """A new SageMaker model and endpoint config for `model_s3`, each added to the record (and state)
+    as soon as it exists, so teardown can always find it."""
+    d, sm_cfg = cfg.deploy, cfg.sagemaker
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    taken = {*record["models"], *record["endpoint_configs"]}
+    model_name = config_name = resource_name(record["name"], stamp, taken)
+    tags = resource_tags(cfg.workdir, "deploy")
+    env = {"SAGEMAKER_PROGRAM": INFERENCE_SCRIPT, "SAGEMAKER_SUBMIT_DIRECTORY": f"{MODEL_DIR_IN_CONTAINER}/{CODE_DIR}",
+           "SAGEMAKER_REGION": record["region"]}
+    workers = _model_server_workers(cfg)
+    if workers is not None:
+        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
+    sm.create_model(ModelName=model_name, ExecutionRoleArn=role, Tags=tags,
+                    PrimaryContainer={"Image": image, "ModelDataUrl": model_s3, "Environment": env})
+    record["models"].append(model_name)
+    state.record("deploy", record)  # from here on, teardown knows what to delete
+    variant: dict[str, Any] = {"VariantName": scaling.VARIANT, "ModelName": model_name}
+    if d.serverless is not None:
+        s = d.serverless
+        variant["ServerlessConfig"] = {"MemorySizeInMB": s.memory_mb, "MaxConcurrency": s.max_concurrency}
+        if s.provisioned_concurrency is not None:
+            variant["ServerlessConfig"]["ProvisionedConcurrency"] = s.provisioned_concurrency
+    else:
+        variant.update(InstanceType=sm_cfg.deploy_instance_type, InitialInstanceCount=count)
+    sm.create_endpoint_config(EndpointConfigName=config_name, ProductionVariants=[variant], Tags=tags)
+    record["endpoint_configs"].append(config_name)
+    record.update(model_s3=model_s3, image=image, serverless=variant.get("ServerlessConfig"),
+                  instance_type=None if d.serverless else sm_cfg.deploy_instance_type,
+                  instance_count=None if d.serverless else count, model_server_workers=workers)
+    state.record("deploy", record)
+    return model_name, config_name
 
-    # The record's region: the one the endpoint is in, whatever the config or environment says now.
-    sm = boto_session(cfg.sagemaker, region=record.get("region")).client(
-        "sagemaker", config=BotoConfig(retries={"mode": "standard"}))
-    removed = []
-    steps = ([("endpoint", sm.delete_endpoint, {"EndpointName": record["endpoint"]})] if record.get("endpoint") else [])
-    steps += [("endpoint config", sm.delete_endpoint_config, {"EndpointConfigName": n})
-              for n in record.get("endpoint_configs", [])]
-    steps += [("model", sm.delete_model, {"ModelName": n}) for n in record.get("models", [])]
-    for kind, delete, args in steps:
-        what = f"{kind} {next(iter(args.values()))}"
+
+def _model_server_workers(cfg: Config) -> int | None:
+    """SAGEMAKER_MODEL_SERVER_WORKERS: the config's, else 1 on CPU (TorchServe would start one worker
+    per core, and on two cores two workers took ~700 ms a photo against 75 ms for one), else unset
+    on GPU instances (the container's default: one per GPU)."""
+    if cfg.deploy.model_server_workers is not None:
+        return cfg.deploy.model_server_workers
+    if cfg.deploy.serverless is None and _GPU_INSTANCE.match(cfg.sagemaker.deploy_instance_type):
+        return None
+    return 1
+
+
+def _instance_count(cfg: Config, running: int | None) -> int:
+    """Instances the new config starts with: the configured count, or with autoscaling what runs now
+    (an update must not shrink an endpoint that has scaled out), within min..max."""
+    a = cfg.deploy.autoscaling
+    count = running if a and running else cfg.sagemaker.deploy_instance_count
+    return min(max(count, a.min_instances), a.max_instances) if a else count
+
+
+def _capacity(record: dict[str, Any]) -> str:
+    if record.get("serverless"):
+        s = record["serverless"]
+        return f"serverless, {s['MemorySizeInMB']} MB, up to {s['MaxConcurrency']} at once"
+    a = record.get("autoscaling")
+    scale = f", autoscaling {a['min_instances']}-{a['max_instances']}" if a else ""
+    return f"{record['instance_count']} x {record['instance_type']}{scale}"
+
+
+def _register_scaling(aas: Any, state: State, record: dict[str, Any]) -> None:
+    p = record.get("autoscaling")
+    if not p:
+        return
+    try:
+        scaling.register(aas, p)
+    except Exception as exc:
+        raise aws_error(exc, f"registering autoscaling of endpoint '{record['name']}' (it is up, at a fixed "
+                        f"{record.get('instance_count')} instance(s))") from None
+    p["registered"] = True
+    state.record("deploy", record)
+
+
+# ---------------------------------------------------------------- update
+def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | None) -> dict[str, Any]:
+    sm_cfg, d = cfg.sagemaker, cfg.deploy
+    name = record["endpoint"]
+    sm, aas = clients(cfg, record["region"])
+    region = record["region"]
+    role = role_arn(sm_cfg)
+    image = _image(cfg, region)
+    model_s3 = _model_in_s3(cfg, state, model, region)
+    desc = _describe(sm, name)
+    if desc["EndpointStatus"] != "InService":
+        raise BincliError(f"endpoint '{name}' is {desc['EndpointStatus']}; an update needs it InService",
+                          hint="'bincli status' shows it; try again once it is InService")
+    old = {"models": list(record["models"]), "endpoint_configs": list(record["endpoint_configs"]),
+           **{k: record.get(k) for k in ("model_s3", "image", "serverless", "instance_type", "instance_count",
+                                        "model_server_workers")}}
+    running = (desc.get("ProductionVariants") or [{}])[0].get("CurrentInstanceCount")
+    # Scaling survives: the config's settings, else the record's (not on a serverless endpoint).
+    new_plan = (scaling.plan(name, d.autoscaling) if d.autoscaling
+                else None if d.serverless else record.get("autoscaling"))
+    old_plan = record.get("autoscaling")
+    record["update"] = {"from_config": desc["EndpointConfigName"], "started_at": datetime.now(UTC).isoformat(
+        timespec="seconds")}
+    try:
+        new_model, new_config = _model_and_config(cfg, sm, state, record, role, image, model_s3,
+                                                  _instance_count(cfg, running))
+    except BincliError:
+        raise
+    except Exception as exc:
+        raise aws_error(exc, f"updating endpoint '{name}'") from None
+    if old_plan and old_plan.get("registered"):
         try:
-            delete(**args)
-            removed.append(what)
+            scaling.deregister(aas, old_plan["resource_id"], [old_plan["policy"]])
         except Exception as exc:
-            if not is_not_found(exc):
-                raise aws_error(exc, f"deleting {what}") from None
-    state.forget("deploy")
-    removed.append("state record 'deploy'")
-    return {"name": record["name"], "removed": removed, "message": f"removed endpoint '{record['name']}'"}
+            raise aws_error(exc, f"taking autoscaling off endpoint '{name}' for the update") from None
+        old_plan["registered"] = False
+        state.record("deploy", record)
+    err.print(f"updating endpoint '{name}' to {model_s3} ({_capacity(record)}); this takes a few minutes",
+              markup=False, soft_wrap=True)
+    failure = None
+    try:
+        sm.update_endpoint(EndpointName=name, EndpointConfigName=new_config)
+    except Exception as exc:
+        failure = aws_error(exc, "UpdateEndpoint").message
+    if failure is None:
+        desc = _wait(sm, name, sm_cfg.poll_seconds, sm_cfg.deploy_timeout_minutes * 60)
+        if desc["EndpointStatus"] != "InService":
+            raise BincliError(f"endpoint '{name}' {desc['EndpointStatus']} while updating: "
+                              f"{desc.get('FailureReason', 'no reason given')}",
+                              hint="see its CloudWatch logs; 'bincli teardown' removes it and both models")
+        if desc["EndpointConfigName"] != new_config:
+            failure = desc.get("FailureReason") or "the endpoint went back to its previous config"
+    if failure is not None:
+        _delete(sm, [new_config], [new_model])
+        record.update(old)
+        record.pop("update")
+        _register_scaling(aas, state, record)
+        state.record("deploy", record)
+        raise BincliError(f"update of endpoint '{name}' failed: {failure}. It still serves the previous model "
+                          f"{old['model_s3']}; the new model and endpoint config were deleted")
+    _delete(sm, old["endpoint_configs"], old["models"])
+    record["models"], record["endpoint_configs"] = [new_model], [new_config]
+    record["autoscaling"] = new_plan and {**new_plan, "registered": False}
+    record["updated_at"] = record.pop("update")["started_at"]
+    record["status"] = "InService"
+    state.record("deploy", record)
+    _register_scaling(aas, state, record)
+    return {**record, "action": "updated", "replaced": old["model_s3"]}
+
+
+def _delete(sm: Any, configs: list[str], models: list[str]) -> None:
+    """Delete endpoint configs, then models; a name already gone is skipped."""
+    for call, key, names in ((sm.delete_endpoint_config, "EndpointConfigName", configs),
+                             (sm.delete_model, "ModelName", models)):
+        for n in names:
+            try:
+                call(**{key: n})
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise aws_error(exc, f"deleting {n}") from None
+
+
+# ---------------------------------------------------------------- shared
+def _image(cfg: Config, region: str) -> str:
+    image = cfg.sagemaker.inference_image
+    if cfg.deploy.serverless is not None and image and "gpu" in image.rsplit(":", 1)[-1]:
+        raise ConfigError(f"sagemaker.inference_image: a serverless endpoint runs on CPU only; {image} is a GPU image",
+                          hint="set a CPU image, or null for AWS's CPU PyTorch inference image")
+    return image or _default_image(cfg, region)
 
 
 def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:
@@ -134,25 +333,26 @@ def _default_image(cfg: Config, region: str) -> str:
     require_sdk()
     from sagemaker.core import image_uris
 
+    instance_type = SERVERLESS_IMAGE_AS_FOR if cfg.deploy.serverless else cfg.sagemaker.deploy_instance_type
     return image_uris.retrieve(framework="pytorch", region=region, version=cfg.sagemaker.inference_framework_version,
-                               py_version="py312", instance_type=cfg.sagemaker.deploy_instance_type,
-                               image_scope="inference")
+                               py_version="py312", instance_type=instance_type, image_scope="inference")
 
 
-def _wait_in_service(sm: Any, name: str, poll_seconds: float, timeout: float) -> str:
+def _describe(sm: Any, name: str) -> dict[str, Any]:
+    try:
+        return sm.describe_endpoint(EndpointName=name)
+    except Exception as exc:
+        raise aws_error(exc, f"endpoint '{name}'") from None
+
+
+def _wait(sm: Any, name: str, poll_seconds: float, timeout: float) -> dict[str, Any]:
+    """Describe the endpoint until it settles (InService, Failed, OutOfService); its last description."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            desc = sm.describe_endpoint(EndpointName=name)
-        except Exception as exc:
-            raise aws_error(exc, f"endpoint '{name}'") from None
-        status = desc["EndpointStatus"]
-        if status == "InService":
-            return status
-        if status in ("Failed", "OutOfService"):
-            raise BincliError(f"endpoint '{name}' {status}: {desc.get('FailureReason', 'no reason given')}",
-                              hint="see its CloudWatch logs (/aws/sagemaker/Endpoints); 'bincli teardown' removes it")
+        desc = _describe(sm, name)
+        if desc["EndpointStatus"] in ("InService", "Failed", "OutOfService"):
+            return desc
         if time.monotonic() > deadline:
-            raise BincliError(f"endpoint '{name}' still {status} after {timeout / 60:.0f} min",
+            raise BincliError(f"endpoint '{name}' still {desc['EndpointStatus']} after {timeout / 60:.0f} min",
                               hint="'bincli status' later, or 'bincli teardown' to remove it")
         time.sleep(poll_seconds)  # polling a remote API

@@ -6,6 +6,7 @@ which is also how tests aim everything at a moto server.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,69 @@ def boto_session(cfg: SageMakerConfig, region: str | None = None) -> Any:
 
 
 def role_arn(cfg: SageMakerConfig) -> str:
+    """The execution role, which must be given. bincli does not guess it from the caller: outside a
+    SageMaker notebook or Studio (the only places the SDK's get_execution_role finds one) the caller is
+    a user or an SSO/CI role that SageMaker may not assume, and the job would fail only after it was
+    created. configs/sagemaker.yaml has the trust policy and the permissions the role needs."""
     if not cfg.role_arn:
         raise ConfigError("sagemaker.role_arn: required to run SageMaker jobs and endpoints",
-                          hint="--set sagemaker.role_arn=arn:aws:iam::<account>:role/<role>")
+                          hint="make a role that trusts sagemaker.amazonaws.com (its policy: configs/sagemaker.yaml), "
+                               "then --set sagemaker.role_arn=arn:aws:iam::<account>:role/<role>")
     return cfg.role_arn
+
+
+def require_buckets_in_region(buckets: Iterable[str], region: str, console=None) -> None:
+    """SageMaker jobs read their channels and write artifacts in their own region only; a bucket
+    elsewhere fails the job after it was created. One line before anything is (S3 GetBucketLocation)."""
+    from bincli.data.s3 import error_code, make_client
+
+    s3 = make_client(region=region)
+    for bucket in sorted(set(buckets)):
+        try:
+            location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+        except Exception as exc:
+            if error_code(exc) in ("AccessDenied", "403") and console is not None:
+                # s3:GetBucketLocation is not needed for anything else: say so, do not block on it.
+                console.print(f"warning: could not check the region of s3://{bucket} (access denied to "
+                              f"GetBucketLocation); it must be {region}", markup=False, soft_wrap=True)
+                continue
+            raise aws_error(exc, f"checking the region of s3://{bucket}") from None
+        # GetBucketLocation answers None for us-east-1 and the legacy "EU" for eu-west-1.
+        found = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+        if found != region:
+            raise ConfigError(f"s3://{bucket} is in {found} but sagemaker.region is {region}: SageMaker reads and "
+                              "writes S3 in its own region only",
+                              hint=f"--set sagemaker.region={found}, or use a bucket in {region}")
+
+
+def upload_weights(path: Path, bucket: str, prefix: str, region: str) -> str:
+    """A local --weights-file, as the training job's weights channel: uploaded once per content to
+    s3://bucket/<prefix>/sagemaker/weights/<sha256>/<name>; returns that channel's S3 prefix."""
+    import hashlib
+
+    from bincli.data.s3 import error_code, join_key, make_client
+
+    if not path.is_file():
+        raise ConfigError(f"train.weights_file: {path} is not a file", hint="give the path of a state_dict (.pth)")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    folder = join_key(prefix, "sagemaker", "weights", digest.hexdigest()[:16])
+    key = join_key(folder, path.name)
+    s3 = make_client(region=region)
+    try:
+        try:
+            present = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == path.stat().st_size
+        except Exception as exc:
+            if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            present = False
+        if not present:
+            s3.upload_file(str(path), bucket, key)
+    except Exception as exc:
+        raise aws_error(exc, f"uploading {path} to s3://{bucket}/{key}") from None
+    return f"s3://{bucket}/{folder}/"
 
 
 def aws_error(exc: BaseException, what: str) -> BincliError:

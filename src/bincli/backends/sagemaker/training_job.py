@@ -8,7 +8,11 @@ core.contract. bincli waits for it, downloads its model.tar.gz and output.tar.gz
 packaged model (with code/) is uploaded beside the job's artifacts for deploy.
 
 A rerun attaches to the job it started (<workdir>/train/sagemaker-job.json) while the settings are
-the same and the job has not failed or been stopped, instead of starting another one.
+the same and the job has not failed or been stopped, instead of starting another one. A new job
+with the same settings resumes the checkpoints the record names (also those of a --fresh start).
+Before anything is created, every bucket involved must be in the configured region. Everything the
+job needs in S3 lands under the upload's prefix (code, drivers, weights, checkpoints, artifacts),
+and the job carries the workspace's tags.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from bincli.backends.sagemaker.session import (
     aws_error,
     boto_session,
     is_not_found,
+    require_buckets_in_region,
     require_sdk,
+    resource_tags,
     role_arn,
     upload_model,
+    upload_weights,
 )
 from bincli.config import Config
-from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, metric_definitions
+from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, WEIGHTS_CHANNEL, hyperparameter_name, metric_definitions
 from bincli.core.fileio import atomic_write_json
 from bincli.data.s3 import join_key, make_client, parse_s3_uri
 from bincli.errors import BincliError, Interrupted, StateError
@@ -46,6 +53,7 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 JOB_KEYS = {"region", "role_arn", "bucket", "train_instance_type", "train_instance_count", "training_image",
             "framework_version", "volume_size_gb", "spot", "max_run_minutes", "max_wait_minutes", "base_job_name"}
 CHECKPOINT_PATH = "/opt/ml/checkpoints"  # in the container; the entry point's default checkpoint dir
+WEIGHTS_HP = hyperparameter_name("weights_file")  # a local path: sent as the weights channel instead
 
 
 def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str, Any], *, fresh: bool = False,
@@ -62,28 +70,35 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
                          hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
     require_sdk()
     sm_cfg = config.sagemaker
+    role_arn(sm_cfg)  # no role: say so before anything goes to S3
     hp = dict(hp)
     channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
     bucket, prefix = artifacts_location(sm_cfg, upload)
+    session = boto_session(sm_cfg)
+    require_buckets_in_region({bucket, *(parse_s3_uri(uri)[0] for uri in channels.values())},
+                              session.region_name, console)
+    hp, channels = with_weights_channel(hp, channels, bucket, prefix, session.region_name)
     job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
                     "sagemaker": sm_cfg.model_dump(mode="json", include=JOB_KEYS)}
     fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
 
-    session = boto_session(sm_cfg)
     sm = session.client("sagemaker")
     run_dir = under(workdir, RUN_DIR)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
-    job_name = None if fresh else _attachable(job_file, fingerprint, sm)
+    record = _read_record(job_file)
+    if fresh:
+        _warn_if_running(record, sm, console)
+    job_name = None if fresh else _attachable(record, fingerprint, sm)
     if job_name:
         console.print(f"attaching to training job {job_name} (started earlier with these settings)",
                       markup=False, soft_wrap=True)
     else:
-        checkpoints = f"s3://{join_key(bucket, prefix, 'sagemaker', 'checkpoints', fingerprint)}"
-        if fresh:  # a fresh start must not resume the old checkpoints
-            checkpoints += f"-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        checkpoints = checkpoint_uri(record, fingerprint, bucket, prefix, fresh)
         job_name = _start(config, session, hp, channels, bucket, prefix, checkpoints, run_dir)
+        known = {**_known_checkpoints(record), fingerprint: checkpoints}
         atomic_write_json(job_file, {"job_name": job_name, "fingerprint": fingerprint, "checkpoints": checkpoints,
+                                     "checkpoints_by_settings": known,
                                      "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
         console.print(f"started training job {job_name} ({sm_cfg.train_instance_count} x "
                       f"{sm_cfg.train_instance_type}{', spot' if sm_cfg.spot else ''})", markup=False, soft_wrap=True)
@@ -95,10 +110,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
 
     job = _wait(sm, job_name, sm_cfg.poll_seconds, console, JobLogs(session, job_name), int(hp["epochs"]))
     if job["TrainingJobStatus"] != "Completed":
-        reason = job.get("FailureReason") or job.get("SecondaryStatus") or "no reason given"
-        raise BincliError(f"training job {job_name} {job['TrainingJobStatus'].lower()}: {reason}",
-                          hint="see its CloudWatch logs (/aws/sagemaker/TrainingJobs); "
-                               "'bincli train' again starts a new job that resumes from its checkpoints")
+        raise job_failed(job)
     _download_artifacts(make_client(region=session.region_name), job, run_dir)
 
     def publish(tar: Path) -> dict[str, Any]:
@@ -121,10 +133,45 @@ def _start(config: Config, session: Any, hp: dict[str, Any], channels: dict[str,
     return trainer._latest_training_job.training_job_name
 
 
+def with_weights_channel(hp: Mapping[str, Any], channels: Mapping[str, str], bucket: str, prefix: str,
+                         region: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(hp, channels) for a job: a `weights-file` hyperparameter (a local path, meaningless in the
+    container) becomes the weights channel, its file uploaded to S3; the entry point reads it from
+    there (SM_CHANNEL_WEIGHTS). Without one, or once done, both come back unchanged."""
+    hp = dict(hp)
+    path = hp.pop(WEIGHTS_HP, None)
+    if path is None:
+        return hp, dict(channels)
+    return hp, {**channels, WEIGHTS_CHANNEL: upload_weights(Path(path), bucket, prefix, region)}
+
+
+def checkpoint_uri(record: Mapping[str, Any], fingerprint: str, bucket: str, prefix: str, fresh: bool) -> str:
+    """Where a new job keeps its checkpoints: where this workspace last kept them with these settings
+    (a new job resumes them, also after a --fresh start), or a new location with --fresh. Ends in
+    '/', so that no job's location is a prefix of another's (S3 prefixes match any key that starts so)."""
+    known = _known_checkpoints(record)
+    if not fresh and fingerprint in known:
+        return known[fingerprint].rstrip("/") + "/"
+    location = join_key(bucket, prefix, "sagemaker", "checkpoints", fingerprint)
+    if fresh:  # a fresh start must not resume the old checkpoints
+        location += f"-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
+    return f"s3://{location}/"
+
+
+def _known_checkpoints(record: Mapping[str, Any]) -> dict[str, str]:
+    """fingerprint -> the checkpoint location a job with those settings last used."""
+    known = dict(record.get("checkpoints_by_settings") or {})
+    if record.get("fingerprint") and record.get("checkpoints"):  # also a record from before that map
+        known.setdefault(record["fingerprint"], record["checkpoints"])
+    return {k: v for k, v in known.items() if isinstance(k, str) and isinstance(v, str) and v.startswith("s3://")}
+
+
 def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str,
-                  prefix: str, checkpoints: str, run_dir: Path) -> tuple[Any, list[Any]]:
+                  prefix: str, checkpoints: str, run_dir: Path, *, step: str = "train") -> tuple[Any, list[Any]]:
     """The v3 ModelTrainer a `bincli train` job runs, and its input channels: one definition that
-    the tuning job (tuner.py) reuses, so every trial is configured exactly as `train` would be."""
+    the tuning job (tuner.py) reuses, so every trial is configured exactly as `train` would be.
+    A `weights-file` in hp goes as the weights channel; the job is tagged resource_tags(workdir, step);
+    the SDK's code uploads (source dir, drivers) go under <prefix>/sagemaker/code/."""
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.training.configs import (
@@ -135,6 +182,7 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
         OutputDataConfig,
         SourceCode,
         StoppingCondition,
+        Tag,
     )
     from sagemaker.train import ModelTrainer
     from sagemaker.train.distributed import Torchrun
@@ -142,6 +190,7 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
     from bincli.artifacts.bundle import write_core_bundle
 
     sm_cfg = config.sagemaker
+    hp, channels = with_weights_channel(hp, channels, bucket, prefix, session.region_name)
     image = sm_cfg.training_image or image_uris.retrieve(
         framework="pytorch", region=session.region_name, version=sm_cfg.framework_version,
         instance_type=sm_cfg.train_instance_type, image_scope="training")
@@ -152,6 +201,9 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
         role=role_arn(sm_cfg),
         training_image=image,
         base_job_name=sm_cfg.base_job_name,
+        # The SDK uploads the source dir and its drivers to <this>/<job>/input/{code,sm_drivers}.
+        input_s3_key_prefix=join_key(prefix, "sagemaker", "code"),
+        tags=[Tag(key=t["Key"], value=t["Value"]) for t in resource_tags(config.workdir, step)],
         source_code=SourceCode(source_dir=str(source_dir), entry_script=TRAIN_SCRIPT),
         compute=Compute(instance_type=sm_cfg.train_instance_type, instance_count=sm_cfg.train_instance_count,
                         volume_size_in_gb=sm_cfg.volume_size_gb, enable_managed_spot_training=sm_cfg.spot),
@@ -167,6 +219,28 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
     return trainer, [InputData(channel_name=name, data_source=uri.rstrip("/") + "/") for name, uri in channels.items()]
 
 
+def job_failed(job: Mapping[str, Any]) -> BincliError:
+    """One line for a job that ended Failed or Stopped: SageMaker's FailureReason (the script's last
+    error for an AlgorithmError, the capacity or limit message otherwise)."""
+    reason = job.get("FailureReason") or job.get("SecondaryStatus") or "no reason given"
+    reason = " ".join(str(reason).split())  # SageMaker's reasons carry the script's newlines
+    return BincliError(f"training job {job['TrainingJobName']} {job['TrainingJobStatus'].lower()}: {reason}",
+                       hint="see its CloudWatch logs (/aws/sagemaker/TrainingJobs); "
+                            "'bincli train' again starts a new job that resumes from its checkpoints")
+
+
+def _warn_if_running(record: Mapping[str, Any], sm: Any, console) -> None:
+    """--fresh starts another job; the one it replaces keeps running (and billing) unless stopped."""
+    name = record.get("job_name")
+    try:
+        running = bool(name) and sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "InProgress"
+    except Exception:
+        return  # gone, or not ours to see: nothing to warn about
+    if running:
+        console.print(f"warning: training job {name} (started here before) is still running; to stop it: "
+                      f"aws sagemaker stop-training-job --training-job-name {name}", markup=False, soft_wrap=True)
+
+
 def _describe(sm: Any, job_name: str) -> dict[str, Any]:
     try:
         return sm.describe_training_job(TrainingJobName=job_name)
@@ -174,13 +248,18 @@ def _describe(sm: Any, job_name: str) -> dict[str, Any]:
         raise aws_error(exc, f"training job {job_name}") from None
 
 
-def _attachable(job_file: Path, fingerprint: str, sm: Any) -> str | None:
-    """The recorded job, if it was started with the same settings and can still succeed."""
+def _read_record(job_file: Path) -> dict[str, Any]:
+    """<workdir>/train/sagemaker-job.json: the last job started here, its settings and checkpoints."""
     try:
         record = json.loads(job_file.read_text())
     except (OSError, ValueError):
-        return None
-    if record.get("fingerprint") != fingerprint:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _attachable(record: Mapping[str, Any], fingerprint: str, sm: Any) -> str | None:
+    """The recorded job, if it was started with the same settings and can still succeed."""
+    if not record.get("job_name") or record.get("fingerprint") != fingerprint:
         return None
     try:
         status = sm.describe_training_job(TrainingJobName=record["job_name"])["TrainingJobStatus"]
