@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 DEMO_WORK ?= bincli-work
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
+
+# Headless Chromium for the page tests (tests/test_inspect.py: a screenshot, every image decodes).
+chromium:
 	@# Headless Chromium for the inspect page test (tests/test_inspect.py), from Debian's packages,
 	@# only where missing; without apt or root the test skips and says why.
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
@@ -37,7 +40,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed-test lint
+test: $(VENV)/.installed-test chromium lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.installed-test

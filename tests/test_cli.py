@@ -103,10 +103,13 @@ def test_features_a_backend_lacks_are_refused_with_one_message(in_tmp):
     assert result.exit_code == 2, result.output
     assert "--stop: not available on backend local (available on: sagemaker)" in result.output
     assert not (in_tmp / "bincli-work" / "state.json").exists()  # nothing started, nothing recorded
-    for args in (["deploy", "--foreground"], ["deploy", "--update"]):
-        result = runner.invoke(app, [*args, "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1"])
-        assert result.exit_code == 2, result.output
-        assert f"{args[1]}: not available on backend sagemaker (available on: local)" in result.output
+    result = runner.invoke(app, ["deploy", "--foreground", "--set", "backend=sagemaker",
+                                 "--set", "sagemaker.region=us-east-1"])
+    assert result.exit_code == 2, result.output
+    assert "--foreground: not available on backend sagemaker (available on: local)" in result.output
+    result = runner.invoke(app, ["teardown", "--all"])
+    assert result.exit_code == 2, result.output
+    assert "teardown --all: not available on backend local (available on: sagemaker)" in result.output
     result = runner.invoke(app, ["train", "--no-wait"])
     assert result.exit_code == 2, result.output
     assert "--no-wait: not available on backend local (available on: sagemaker)" in result.output

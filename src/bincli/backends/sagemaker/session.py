@@ -160,3 +160,15 @@ def resource_tags(workdir: str | Path, step: str) -> list[dict[str, str]]:
     name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in path.name)[:64] or "root"
     workspace = f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
     return [{"Key": "bincli:workspace", "Value": workspace}, {"Key": "bincli:step", "Value": step}]
+
+
+def read_job_record(job_file: Path) -> dict[str, Any]:
+    """A job record bincli wrote (<workdir>/train/sagemaker-job.json, tune/sagemaker-tuning-job.json),
+    or {} when it is missing, unreadable or not an object: a broken record means "start afresh"."""
+    import json
+
+    try:
+        record = json.loads(job_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

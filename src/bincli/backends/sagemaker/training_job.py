@@ -32,6 +32,7 @@ from bincli.backends.sagemaker.session import (
     aws_error,
     boto_session,
     is_not_found,
+    read_job_record,
     require_buckets_in_region,
     require_sdk,
     resource_tags,
@@ -86,7 +87,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     run_dir = under(workdir, RUN_DIR)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
-    record = _read_record(job_file)
+    record = read_job_record(job_file)
     if fresh:
         _warn_if_running(record, sm, console)
     job_name = None if fresh else _attachable(record, fingerprint, sm)
@@ -246,15 +247,6 @@ def _describe(sm: Any, job_name: str) -> dict[str, Any]:
         return sm.describe_training_job(TrainingJobName=job_name)
     except Exception as exc:
         raise aws_error(exc, f"training job {job_name}") from None
-
-
-def _read_record(job_file: Path) -> dict[str, Any]:
-    """<workdir>/train/sagemaker-job.json: the last job started here, its settings and checkpoints."""
-    try:
-        record = json.loads(job_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _attachable(record: Mapping[str, Any], fingerprint: str, sm: Any) -> str | None:

@@ -35,6 +35,7 @@ from bincli.backends.sagemaker.session import (
     aws_error,
     boto_session,
     is_not_found,
+    read_job_record,
     require_sdk,
     resource_tags,
 )
@@ -209,14 +210,11 @@ def _describe(sm: Any, job_name: str) -> dict[str, Any]:
 def _records(job_file: Path) -> dict[str, Any]:
     """The tuning jobs this workdir started: {"latest": name, "jobs": {fingerprint: {"job_name", ...}}}
     (one per settings, so searching other settings in between never loses a running job)."""
-    try:
-        records = json.loads(job_file.read_text())
-    except (OSError, ValueError):
-        records = {}
-    jobs = records.get("jobs") if isinstance(records, dict) else None
+    records = read_job_record(job_file)
+    jobs = records.get("jobs")
     jobs = {k: v for k, v in jobs.items() if isinstance(v, dict) and isinstance(v.get("job_name"), str)} \
         if isinstance(jobs, dict) else {}
-    latest = records.get("latest") if isinstance(records, dict) else None
+    latest = records.get("latest")
     return {"latest": latest if isinstance(latest, str) else None, "jobs": jobs}
 
 
