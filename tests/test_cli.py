@@ -79,7 +79,7 @@ def test_status_shows_done_and_missing_steps(tmp_path, in_tmp):
     assert steps["split"]["done"] and steps["split"]["outputs"]["train"] == 10
     assert not steps["train"]["done"]
     table = runner.invoke(app, ["status", "-w", str(tmp_path / "w")])
-    assert "not run" in table.stderr and "train=10" in table.stderr
+    assert "not run" in table.stdout and "train=10" in table.stdout
 
 
 def test_unknown_flag_is_a_usage_error():

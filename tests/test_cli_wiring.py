@@ -272,7 +272,14 @@ def test_predict_flags(in_tmp, monkeypatch):
     monkeypatch.setenv("BINCLI_PREDICT__TIMEOUT", "7.5")
     result = runner.invoke(app, ["predict", "a.jpg", *config_file(in_tmp, "predict: {endpoint: from-file}\n"),
                                  "--set", "predict.concurrency=3"])
-    assert result.exit_code == 0 and result.stdout == ""  # without --json the table goes to stderr
+    # without --json the human answer is the result: on stdout, and still there with -q
+    assert result.exit_code == 0 and "a.jpg" in result.stdout and result.stderr == ""
+    rec.pop()
+    quiet = runner.invoke(app, ["-q", "predict", "a.jpg", "-e", "ep-q"])
+    assert quiet.exit_code == 0 and "a.jpg" in quiet.stdout, quiet.output
+    rec.pop()
+    result = runner.invoke(app, ["predict", "a.jpg", *config_file(in_tmp, "predict: {endpoint: from-file}\n"),
+                                 "--set", "predict.concurrency=3"])
     assert rec.pop() == ((Config(predict=PredictConfig(endpoint="from-file", timeout=7.5, concurrency=3)),
                           [Path("a.jpg")]),
                          {"endpoint": None, "endpoint_url": None, "model": None, "expected": None})
@@ -334,8 +341,9 @@ def test_status_sources_of_the_workdir(in_tmp, monkeypatch):
     assert invoke([*args, "--set", "workdir=from-set"])["workdir"] == "from-set"
     out = invoke([*args, "--set", "workdir=from-set", "-w", "w"])
     assert out["workdir"] == "w" and not any(step["done"] for step in out["steps"])
-    human = runner.invoke(app, ["status", "--workdir", "w"])  # without --json, stdout stays empty
-    assert human.exit_code == 0 and human.stdout == ""
+    human = runner.invoke(app, ["status", "--workdir", "w"])  # the table is the result: stdout, not stderr
+    assert human.exit_code == 0 and "bincli workspace w" in human.stdout and "not run" in human.stdout
+    assert human.stderr == ""
 
 
 def test_config_show_and_validate(in_tmp, monkeypatch):
@@ -357,3 +365,12 @@ def test_config_show_and_validate(in_tmp, monkeypatch):
     good.write_text("split: {seed: 3}\n")
     monkeypatch.setenv("BINCLI_SPLIT__RATIOS", "[0.5, 0.5, 0.5]")  # validate checks the file, not the env
     assert invoke(["config", "validate", str(good)]) == {"config_file": str(good), "valid": True}
+
+
+def test_results_go_to_stdout_and_q_never_silences_them(in_tmp):
+    shown = runner.invoke(app, ["config", "show"])  # `bincli config show | grep lr` finds it
+    assert shown.exit_code == 0 and any("lr" in line for line in shown.stdout.splitlines()), shown.output
+    quiet = runner.invoke(app, ["-q", "status", "-w", "w"])
+    assert quiet.exit_code == 0 and "bincli workspace w" in quiet.stdout and quiet.stderr == ""
+    as_json = runner.invoke(app, ["status", "-w", "w", "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["workdir"] == "w"  # only JSON on stdout

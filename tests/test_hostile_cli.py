@@ -316,7 +316,7 @@ def test_a_second_step_fails_at_once_naming_the_running_one(holder, in_tmp):
     assert (work / LOCK_FILE).read_text() == ""
     result = runner.invoke(app, ["teardown", "-w", str(work)])
     assert result.exit_code == 0, result.output
-    assert "stale" not in result.stderr and "nothing to remove" in result.stderr
+    assert "stale" not in result.output and "nothing to remove" in result.stdout
 
 
 def test_a_killed_step_never_blocks_and_its_stale_lock_is_reported(holder, in_tmp):

@@ -244,7 +244,7 @@ def test_cli_json_and_flags(data, tmp_path, in_tmp, monkeypatch):
     out = json.loads(result.stdout)  # stdout holds the summary JSON only
     assert out["images"] == 12 and out["page"].endswith("report/data/index.html")
     human = runner.invoke(app, ["inspect", "-w", str(tmp_path / "w"), "-i", str(data)])
-    assert human.exit_code == 0 and "majority class 1" in human.stderr and "00013: not an image" in human.stderr
+    assert human.exit_code == 0 and "majority class 1" in human.stdout and "00013: not an image" in human.stdout
 
     calls = []
     monkeypatch.setattr("bincli.steps.data_report.run_inspect",

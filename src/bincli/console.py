@@ -1,4 +1,4 @@
-"""Where output goes: results (JSON or plain) on stdout, tables, progress and logs on stderr.
+"""Where output goes: results (JSON, tables, plain lines) on stdout; progress, logs and hints on stderr.
 
 Rich turns colours off by itself when stderr is not a terminal, and honours NO_COLOR.
 """
@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 
 err = Console(stderr=True, highlight=False)
+# Results (predict lines, tables, metrics) on stdout: never silenced by -q, pipeable, redirectable.
+out = Console(highlight=False)
 
 _quiet = False
 

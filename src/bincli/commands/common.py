@@ -71,7 +71,7 @@ def _lock_workdir(workdir: Path) -> None:
 
 def finish(result: Mapping[str, Any], json_out: bool,
            render: Callable[[Mapping[str, Any]], None] | None = None) -> None:
-    """Show a step's result: JSON on stdout with --json, else the human rendering on stderr."""
+    """Show a step's result on stdout: JSON with --json, else the human rendering (rich, console.out)."""
     if json_out:
         emit_json(result)
     elif render is not None:

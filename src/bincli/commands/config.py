@@ -9,7 +9,7 @@ import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.config import STEPS, flatten, load_config
-from bincli.console import err, info
+from bincli.console import info, out
 
 app = typer.Typer(help="Show the resolved config or validate a config file.", no_args_is_help=True)
 
@@ -43,7 +43,7 @@ def show(
             table.add_column(col)
         for row in rows:
             table.add_row(row["key"], _show(row["value"]), row["source"])
-        err.print(table)
+        out.print(table)
 
     finish(result, json_out, render)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, ModelOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import err, out
 
 
 def deploy(
@@ -74,11 +74,11 @@ def _target_from_loadtest(cfg: Any) -> Any:
 
 def _render(result: dict[str, Any]) -> None:
     if result.get("stopped"):
-        err.print(f"endpoint '{result.get('name')}' stopped", markup=False, soft_wrap=True)
+        out.print(f"endpoint '{result.get('name')}' stopped", markup=False, soft_wrap=True)
         return
     if result.get("backend") == "sagemaker":
         verb = "updated: now serving" if result.get("action") == "updated" else f"{result['status']}:"
-        err.print(f"SageMaker endpoint '{result['name']}' {verb} {result['model_s3']}", markup=False, soft_wrap=True)
+        out.print(f"SageMaker endpoint '{result['name']}' {verb} {result['model_s3']}", markup=False, soft_wrap=True)
         if result.get("serverless"):
             s = result["serverless"]
             where = f"serverless ({s['MemorySizeInMB']} MB, up to {s['MaxConcurrency']} requests at once)"
@@ -88,11 +88,11 @@ def _render(result: dict[str, Any]) -> None:
         if a:
             where += (f", autoscaling {a['min_instances']}-{a['max_instances']} instances at "
                       f"{a['target_invocations_per_instance']:g} invocations/instance/min")
-        err.print(f"  {where} in {result['region']}", markup=False, soft_wrap=True)
+        out.print(f"  {where} in {result['region']}", markup=False, soft_wrap=True)
         err.print("  next: bincli predict bin.jpg   |   bincli status   |   bincli teardown", markup=False,
                   soft_wrap=True)
         return
     verb = "updated: now serving" if result.get("action") == "updated" else "serving"
-    err.print(f"endpoint '{result['name']}' {verb} {result['model']}", markup=False, soft_wrap=True)
-    err.print(f"  url: {result['url']}  pid: {result['pid']}  log: {result['log']}", markup=False, soft_wrap=True)
+    out.print(f"endpoint '{result['name']}' {verb} {result['model']}", markup=False, soft_wrap=True)
+    out.print(f"  url: {result['url']}  pid: {result['pid']}  log: {result['log']}", markup=False, soft_wrap=True)
     err.print("  next: bincli predict bin.jpg   |   bincli teardown", markup=False, soft_wrap=True)

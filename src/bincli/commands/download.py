@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 
 
 def download(
@@ -99,7 +99,7 @@ def _render(result: dict[str, Any]) -> None:
     if result["shortfall"]:
         table.add_row("short", ", ".join(f"class {k}: {v} missing" for k, v in result["shortfall"].items()))
     table.add_row("time", f"{result['seconds']:.1f} s, {sum(result['requests'].values())} request(s)")
-    err.print(table)
+    out.print(table)
     failures = result["failures"]
     if failures:
         ftable = Table(title=escape(f"{len(failures)} failed (all in {result['report']})"))
@@ -109,4 +109,4 @@ def _render(result: dict[str, Any]) -> None:
             ftable.add_row(*(escape(f[k]) for k in ("id", "key", "kind", "reason")))
         if len(failures) > 20:
             ftable.add_row("...", f"{len(failures) - 20} more", "", "")
-        err.print(ftable)
+        out.print(ftable)

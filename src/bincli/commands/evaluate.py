@@ -17,7 +17,7 @@ from bincli.commands.common import (
     finish,
     load,
 )
-from bincli.console import err
+from bincli.console import out
 
 
 def evaluate(
@@ -70,5 +70,5 @@ def evaluate(
 def _render(result: dict[str, Any]) -> None:
     from bincli.steps.report import render_metrics_table
 
-    err.print(render_metrics_table(result["report"], title=f"{result['split']} split through {result['source']}"))
-    err.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)
+    out.print(render_metrics_table(result["report"], title=f"{result['split']} split through {result['source']}"))
+    out.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 
 
 def inspect(
@@ -67,12 +67,12 @@ def _render(result: dict[str, Any]) -> None:
         per_split = [str(result["splits"][s]["histogram"].get(k, 0)) for s in ("train", "valid", "test")] \
             if result["splits"] else []
         classes.add_row(k, str(n), *per_split)
-    err.print(classes)
+    out.print(classes)
     maj = result["classes"]["majority"]
-    err.print(f"majority class {maj['class']}: {maj['accuracy']:.1%} accuracy (the floor to beat)")
+    out.print(f"majority class {maj['class']}: {maj['accuracy']:.1%} accuracy (the floor to beat)")
     if result["splits"]:
         sp = result["splits"]
-        err.print("majority accuracy per split (always " + sp["majority_class"] + "): " + ", ".join(
+        out.print("majority accuracy per split (always " + sp["majority_class"] + "): " + ", ".join(
             f"{s} {sp[s]['majority_accuracy']:.1%}" for s in ("train", "valid", "test")
             if sp[s]["majority_accuracy"] is not None))
 
@@ -83,21 +83,21 @@ def _render(result: dict[str, Any]) -> None:
                         ("file kB", result["sizes"]["kb"]), ("mean luma", result["light"]["luma"]),
                         ("contrast", result["light"]["contrast"])):
         light.add_row(name, *(f"{stats[k]:g}" for k in ("min", "median", "mean", "max")))
-    err.print(light)
+    out.print(light)
 
     dup, meta = result["duplicates"], result["metadata"]
-    err.print(f"{len(dup['exact'])} exact-duplicate group(s), {len(dup['near'])} near-duplicate group(s); "
+    out.print(f"{len(dup['exact'])} exact-duplicate group(s), {len(dup['near'])} near-duplicate group(s); "
               f"{len(meta['quantity_mismatch'])} bin(s) whose product quantities do not sum to EXPECTED_QUANTITY")
     if dup["leaking"]:
-        err.print(f"[bold red]LEAKAGE: {len(dup['leaking'])} near-duplicate group(s) span splits[/] "
+        out.print(f"[bold red]LEAKAGE: {len(dup['leaking'])} near-duplicate group(s) span splits[/] "
                   f"(e.g. {', '.join(dup['leaking'][0]['ids'])}); run 'bincli split' again (it groups them) "
                   "and retrain")
     if result["model"]:
         top = result["model"]["highest_loss"][:5]
-        err.print("highest loss (candidate label errors): " + ", ".join(
+        out.print("highest loss (candidate label errors): " + ", ".join(
             f"{r['id']} (label {r['label']}, model {r['predicted']})" for r in top), markup=False)
     if result["problems"]:
-        err.print(f"left out {len(result['problems'])} file(s):")
+        out.print(f"left out {len(result['problems'])} file(s):")
         for p in result["problems"][:10]:
-            err.print(f"  {p['id']}: {p['reason']}", markup=False)
-    err.print(f"report: {result['page']}", markup=False, soft_wrap=True)
+            out.print(f"  {p['id']}: {p['reason']}", markup=False)
+    out.print(f"report: {result['page']}", markup=False, soft_wrap=True)

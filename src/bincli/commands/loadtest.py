@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, EndpointOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import err, out
 
 
 def loadtest(
@@ -80,4 +80,4 @@ def _render(result: dict[str, Any]) -> None:
         lines.append(f"autoscaling target: {result['recommended_target']} invocations per instance per minute "
                      f"(= {result['max_rps_per_instance']:g} x 60 x {result['safety']:g} safety)")
     typer.echo("\n".join(lines))
-    err.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)
+    out.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, EndpointOpt, EndpointUrlOpt, SetOpt, WorkdirOpt, load
-from bincli.console import emit_json, err
+from bincli.console import emit_json, out
 from bincli.errors import UsageError
 
 
@@ -69,14 +69,14 @@ def _render(result: dict[str, Any]) -> None:
     if len(rows) == 1:
         r = rows[0]
         if "error" in r:
-            err.print(f"{r['image']}: error {r['status'] or ''} {r['error']}", markup=False, soft_wrap=True)
+            out.print(f"{r['image']}: error {r['status'] or ''} {r['error']}", markup=False, soft_wrap=True)
         else:
             line = f"{r['image']}: count {r['label']} (confidence {r['confidence']:.2f})"
             if "expected_count" in r:
                 line += f", mean {r['expected_count']:.2f}, range {_range(r)}"
             if "verdict" in r:
                 line += f"; holds {result['expected']}: {r['verdict']} (p {r['p_expected']:.2f})"
-            err.print(line, markup=False, soft_wrap=True)
+            out.print(line, markup=False, soft_wrap=True)
         return
     check = result.get("expected") is not None
     table = Table(title=f"predictions from {result['source']}")
@@ -93,9 +93,9 @@ def _render(result: dict[str, Any]) -> None:
             extra = [_num(r.get("p_expected")), r.get("verdict", "-")] if check else []
             table.add_row(r["image"], r["label"], f"{r['confidence']:.2f}", _num(r.get("expected_count")),
                           _range(r), *extra, f"{r['ms']:.0f}")
-    err.print(table)
+    out.print(table)
     tail = f"; {result['mismatched']} mismatch, {result.get('review', 0)} review" if check else ""
-    err.print(f"{result['n']} image(s), {result['failed']} failed{tail}", markup=False, soft_wrap=True)
+    out.print(f"{result['n']} image(s), {result['failed']} failed{tail}", markup=False, soft_wrap=True)
 
 
 def _num(value: float | None) -> str:

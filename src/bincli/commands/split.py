@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 
 
 def split(
@@ -67,20 +67,20 @@ def _render(result: dict[str, Any]) -> None:
                       str(row["train"] + row["valid"] + row["test"]))
     table.add_row("all", *(str(result[s]) for s in ("train", "valid", "test")),
                   str(result["train"] + result["valid"] + result["test"]), style="bold")
-    err.print(table)
+    out.print(table)
     if result["rejected_ids"]:
         shown = result["rejected_ids"][:10]
-        err.print(f"left out {len(result['rejected_ids'])} image(s):")
+        out.print(f"left out {len(result['rejected_ids'])} image(s):")
         for r in shown:
-            err.print(f"  {r['id']}: {r['reason']}", markup=False)
+            out.print(f"  {r['id']}: {r['reason']}", markup=False)
         if len(result["rejected_ids"]) > len(shown):
-            err.print(f"  ... all listed in {result['report']}", markup=False)
+            out.print(f"  ... all listed in {result['report']}", markup=False)
     if result["outside_classes"]:
-        err.print(f"{result['outside_classes']} image(s) have counts outside classes {result['classes']}")
+        out.print(f"{result['outside_classes']} image(s) have counts outside classes {result['classes']}")
     grouping = result.get("near_duplicates")
     if grouping:
-        err.print(f"{grouping['groups']} near-duplicate group(s); {grouping['groups_moved']} moved into one split "
+        out.print(f"{grouping['groups']} near-duplicate group(s); {grouping['groups_moved']} moved into one split "
                   f"({grouping['images_moved']} photo(s))"
                   + (f"; {grouping['unbalanced']} could not be balanced within their class" if grouping["unbalanced"]
                      else ""))
-    err.print(f"manifests in {result['manifests_dir']}", markup=False)
+    out.print(f"manifests in {result['manifests_dir']}", markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 from bincli.errors import BincliError
 from bincli.state import STEP_ORDER, State
 
@@ -59,7 +59,7 @@ def status(config: ConfigOpt = None, workdir: WorkdirOpt = None, json_out: JsonO
             shown.update(_endpoint_cells(row.get("endpoint")))
             table.add_row(row["step"], "done" if row["done"] else "not run", row["finished_at"] or "",
                           ", ".join(f"{k}={_short(v)}" for k, v in shown.items()))
-        err.print(table)
+        out.print(table)
 
     finish(result, json_out, render)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 from bincli.errors import UsageError
 
 
@@ -39,6 +39,6 @@ def teardown(
 
 
 def _render(result: dict[str, Any]) -> None:
-    err.print(result["message"], markup=False, soft_wrap=True)
+    out.print(result["message"], markup=False, soft_wrap=True)
     for item in result["removed"]:
-        err.print(f"  removed {item}", markup=False, soft_wrap=True)
+        out.print(f"  removed {item}", markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ import typer
 
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 
 
 @t.with_training_flags()
@@ -46,10 +46,10 @@ def _render(result: dict[str, Any]) -> None:
     from bincli.steps.report import render_metrics_table
 
     if not result.get("waiting", True):
-        err.print(f"training job {result['job_name']}: {result['status']}; 'bincli train' again waits for it",
+        out.print(f"training job {result['job_name']}: {result['status']}; 'bincli train' again waits for it",
                   markup=False, soft_wrap=True)
         return
-    err.print(render_metrics_table(result["report"], title=f"best epoch ({result['best_epoch']}) on the "
+    out.print(render_metrics_table(result["report"], title=f"best epoch ({result['best_epoch']}) on the "
                                                            f"{result['split']} split"))
-    err.print(f"model: {result['model']}", markup=False)
-    err.print(f"report: {result['report_dir']}", markup=False)
+    out.print(f"model: {result['model']}", markup=False)
+    out.print(f"report: {result['report_dir']}", markup=False)

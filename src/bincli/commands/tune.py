@@ -9,7 +9,7 @@ import typer
 
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import err, out
 
 
 @t.with_training_flags(exclude=("epochs", "patience", "nproc_per_node"))  # trials: tune.epochs, 1 process
@@ -59,14 +59,15 @@ def tune(
 
 def _render(result: dict[str, Any]) -> None:
     if "best_hyperparameters" not in result:  # --no-wait or --stop: a tuning job still running
-        err.print(f"tuning job {result['tuning_job']}: {result['status']}", markup=False)
+        out.print(f"tuning job {result['tuning_job']}: {result['status']}", markup=False)
         if result.get("waiting") is False:
             err.print("next: 'bincli tune' again (same settings) waits for it and records the best trial",
                       markup=False)
         return
-    err.print(f"{result['complete']} trial(s) complete, {result['pruned']} pruned, {result['failed']} failed",
+    out.print(f"{result['complete']} trial(s) complete, {result['pruned']} pruned, {result['failed']} failed",
               markup=False)
     best = " ".join(f"{k}={v}" for k, v in result["best_hyperparameters"].items())
-    err.print(f"best: trial {result['best_trial']} {result['objective']}={result['best_value']:.4f} {best}",
+    out.print(f"best: trial {result['best_trial']} {result['objective']}={result['best_value']:.4f} {best}",
               markup=False)
-    err.print(f"results: {result['results']}  (next: bincli train --from-tune)", markup=False)
+    out.print(f"results: {result['results']}", markup=False, soft_wrap=True)
+    err.print("next: bincli train --from-tune", markup=False)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.console import err
+from bincli.console import out
 
 
 def upload(
@@ -50,12 +50,12 @@ def _render(result: dict[str, Any]) -> None:
     from bincli.progress import human_bytes
 
     if result["backend"] == "local":
-        err.print(f"local backend: nothing to upload; channels are the local folder {result['uri']}", markup=False)
+        out.print(f"local backend: nothing to upload; channels are the local folder {result['uri']}", markup=False)
         return
-    err.print(f"{result['uri']}: uploaded {result['uploaded']} of {result['objects']} object(s) "
+    out.print(f"{result['uri']}: uploaded {result['uploaded']} of {result['objects']} object(s) "
               f"({human_bytes(result['bytes'])}), {result['skipped']} already there, in {result['seconds']:.1f} s",
               markup=False)
     for name, uri in result["channels"].items():
-        err.print(f"  {name:<5} {uri}", markup=False)
+        out.print(f"  {name:<5} {uri}", markup=False)
     if result["extra"]:
-        err.print(f"  ({result['extra']} other object(s) under the prefix were left alone)", markup=False)
+        out.print(f"  ({result['extra']} other object(s) under the prefix were left alone)", markup=False)
