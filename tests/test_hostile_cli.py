@@ -429,3 +429,35 @@ def test_any_json_state_file_works_or_is_a_state_error(tmp_path, document):
         assert state.step(name) is None or isinstance(state.step(name)["finished_at"], str)
     state.record("evaluate", {"accuracy": 0.5})
     assert state.require("evaluate") == {"accuracy": 0.5}
+
+
+# ---------------------------------------------------------------- small habits (issue 18)
+def test_two_ratios_say_three_are_expected(in_tmp):
+    result = runner.invoke(app, ["split", "--set", "split.ratios=[0.5,0.5]"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --set: split.ratios: expected 3 numbers (train, valid, test), got [0.5, 0.5]"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_the_child_starts():
+    from bincli.backends.local.launcher import require_device
+
+    require_device("cpu")
+    require_device("auto")
+    with pytest.raises(ConfigError, match=r"train\.device: cuda, but torch sees no CUDA GPU") as info:
+        require_device("cuda")
+    assert "--device auto" in info.value.hint and info.value.exit_code == 2
+
+
+def test_download_that_cannot_connect_names_endpoint_url_and_the_stand_in(in_tmp):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(app, ["download", "--per-class", "1", "--classes", "1-2",
+                                 "--endpoint-url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert "cannot connect to" in result.stderr and "download.endpoint_url (--endpoint-url)" in result.stderr
+    assert "abid_mirror.py" in result.stderr

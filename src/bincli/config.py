@@ -111,6 +111,14 @@ class SplitConfig(Section):
     layout: Literal["manifest", "folders"] = "manifest"
     group_near_duplicates: bool = True  # keep near-copies in one split (data/near_duplicates.py)
 
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _three_ratios(cls, ratios: Any) -> Any:
+        # pydantic's own message for a 2-item list is "Field required" (for the missing third item)
+        if isinstance(ratios, list | tuple) and len(ratios) != 3:
+            raise ValueError(f"expected 3 numbers (train, valid, test), got {list(ratios)}")
+        return ratios
+
     @field_validator("ratios")
     @classmethod
     def _ratios_sum_to_one(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:

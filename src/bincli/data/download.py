@@ -259,12 +259,17 @@ class Downloader:
             found = list_objects(fetcher.client, self.cfg.bucket, abid.METADATA_PREFIX, cuts, self.pool.map,
                                  on_page=lambda: self.stats.count("list"), project=lambda o: abid.id_from_key(o["Key"]))
         except Exception as exc:
-            from botocore.exceptions import BotoCoreError, ClientError
+            from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
             if isinstance(exc, BotoCoreError | ClientError):
                 from bincli.data.s3 import explain
 
-                raise explain(exc, f"listing s3://{self.cfg.bucket}/{abid.METADATA_PREFIX}") from None
+                error = explain(exc, f"listing s3://{self.cfg.bucket}/{abid.METADATA_PREFIX}")
+                if isinstance(exc, EndpointConnectionError):  # offline, or the stand-in is not running
+                    error.hint = (f"{error.hint}; without internet, point download.endpoint_url (--endpoint-url) "
+                                  "at an S3-compatible server holding the ABID layout, e.g. the bucket stand-in "
+                                  "shared/tools/abid_mirror.py (README: make demo)")
+                raise error from None
             raise
         ids = sorted(set(found))
         if not ids:

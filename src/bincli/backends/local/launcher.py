@@ -32,7 +32,7 @@ from bincli import __version__
 from bincli.config import TrainConfig
 from bincli.core.contract import METRICS_FILE
 from bincli.core.fileio import atomic_write_text
-from bincli.errors import BincliError, DataError, Interrupted
+from bincli.errors import BincliError, ConfigError, DataError, Interrupted
 from bincli.layout import CACHE_DIR, RUN_DIR, under
 from bincli.progress import TrainProgress
 
@@ -140,9 +140,21 @@ def run_child(cmd: list[str], env: Mapping[str, str], log_path: Path, on_line: C
 
 
 # ---------------------------------------------------------------- a training run
+def require_device(device: str) -> None:
+    """--device cuda where torch sees no GPU: one line now, not a ValueError from the child later."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda, but torch sees no CUDA GPU on this machine",
+                          hint="--device auto (uses a GPU where there is one) or --device cpu")
+
+
 def train_locally(cfg: TrainConfig, workdir: Path, hp: Mapping[str, Any], split: Mapping[str, Any], *,
                   from_tune: bool, fresh: bool, console, live: bool | None) -> tuple[Path, Path]:
     """Run the entry point to the end (or resume it); returns (run dir, log path)."""
+    require_device(cfg.device)
     run_dir = under(workdir, RUN_DIR)
     ckpt_dir = run_dir / "checkpoints"
     if fresh:

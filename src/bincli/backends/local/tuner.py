@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bincli.backends.local.launcher import build_command, build_env, run_child
+from bincli.backends.local.launcher import build_command, build_env, require_device, run_child
 from bincli.config import Config, SearchSpace, TrainConfig, TuneConfig
 from bincli.core.contract import best_metric, parse_best_line, parse_epoch_line
 from bincli.core.fileio import atomic_write_text
@@ -66,6 +66,7 @@ def run_tune(cfg: Config, fixed: set[str], console) -> dict[str, Any]:
     (also recorded in state as 'tune')."""
     import optuna
 
+    require_device(cfg.train.device)
     workdir = Path(cfg.workdir)
     state = State(workdir)
     split = state.require("split", needed_by="tune")
