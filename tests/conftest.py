@@ -80,3 +80,18 @@ def sagemaker_env(aws_env, monkeypatch, tmp_path):
     role_name = f"bincli-{uuid.uuid4().hex[:8]}"
     role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     return s3, sm, bucket, role
+
+
+@pytest.fixture
+def uploaded(sagemaker_env, tmp_path):
+    """A split made and uploaded to (moto) S3 under the prefix 'abid' by bincli, as a user would before
+    training on backend sagemaker: (workdir, s3, sagemaker client, bucket, role)."""
+    from bincli.config import UploadConfig
+    from bincli.data.upload import run_upload
+    from train_blobs import make_split, record_split
+
+    s3, sm, bucket, role = sagemaker_env
+    workdir = tmp_path / "work"
+    record_split(workdir, make_split(tmp_path / "split", {"train": 6, "valid": 2, "test": 2}, "0-5", size=32))
+    run_upload(UploadConfig(s3_uri=f"s3://{bucket}/abid"), workdir, progress=False)
+    return workdir, s3, sm, bucket, role

@@ -14,24 +14,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from bincli.cli import app
-from bincli.config import Config, SageMakerConfig, TrainConfig, UploadConfig
-from bincli.data.upload import run_upload
+from bincli.config import Config, SageMakerConfig, TrainConfig
 from bincli.errors import BincliError, ConfigError
 from sagemaker_container import run_training_job
-from train_blobs import make_split, record_split
 
 runner = CliRunner()
 REGION = "us-east-1"
-
-
-@pytest.fixture
-def uploaded(sagemaker_env, tmp_path):
-    """A split made and uploaded to (moto) S3 under the prefix 'abid', as a user would before training."""
-    s3, sm, bucket, role = sagemaker_env
-    workdir = tmp_path / "work"
-    record_split(workdir, make_split(tmp_path / "split", {"train": 6, "valid": 2, "test": 2}, "0-5", size=32))
-    run_upload(UploadConfig(s3_uri=f"s3://{bucket}/abid"), workdir, progress=False)
-    return workdir, s3, sm, bucket, role
 
 
 def _config(workdir: Path, role: str, epochs: int = 2, **train) -> Config:

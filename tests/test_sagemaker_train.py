@@ -25,16 +25,6 @@ from train_blobs import make_split, record_split
 runner = CliRunner()
 
 
-@pytest.fixture
-def uploaded(sagemaker_env, tmp_path):
-    """A split made and uploaded to (moto) S3 by bincli, as a user would before training."""
-    s3, sm, bucket, role = sagemaker_env
-    workdir = tmp_path / "work"
-    record_split(workdir, make_split(tmp_path / "split", {"train": 6, "valid": 2, "test": 2}, "0-5", size=32))
-    run_upload(UploadConfig(s3_uri=f"s3://{bucket}/abid"), workdir, progress=False)
-    return workdir, s3, sm, bucket, role
-
-
 def _config(workdir: Path, role: str | None, epochs: int = 2) -> Config:
     return Config(workdir=workdir, backend="sagemaker",
                   train=TrainConfig(epochs=epochs, batch_size=8, image_size=32, workers=0),

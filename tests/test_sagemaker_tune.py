@@ -156,6 +156,7 @@ def stand_in(monkeypatch):
 
 @pytest.fixture
 def uploaded(sagemaker_env, tmp_path):
+    """conftest's `uploaded`, with a smaller split (classes 0-2, no test set): every trial trains for real."""
     s3, sm, bucket, role = sagemaker_env
     workdir = tmp_path / "work"
     record_split(workdir, make_split(tmp_path / "split", {"train": 4, "valid": 2}, "0-2", size=32))

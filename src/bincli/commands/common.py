@@ -21,6 +21,9 @@ WorkdirOpt = Annotated[
     typer.Option("--workdir", "-w", help="Workspace folder. Default: the config's workdir (./bincli-work).",
                  show_default=False, file_okay=False),
 ]
+InputOpt = Annotated[Path | None, typer.Option(
+    "--input", "-i", help="Folder with images/ and metadata/. Default: what 'bincli download' wrote.",
+    file_okay=False, show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 ModelOpt = Annotated[Path | None, typer.Option(
     "--model", "-m", help="model.tar.gz to use. Default: what 'bincli train' wrote.", dir_okay=False,

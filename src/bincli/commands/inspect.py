@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, InputOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import out
 
 
@@ -16,9 +16,7 @@ def inspect(
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     sets: SetOpt = None,
-    input: Annotated[Path | None, typer.Option(
-        "--input", "-i", help="Folder with images/ and metadata/. Default: what 'bincli download' wrote.",
-        file_okay=False, show_default=False)] = None,
+    input: InputOpt = None,
     split: Annotated[bool, typer.Option(
         "--split", help="Require the split 'bincli split' recorded (per-split histograms, leakage check); "
         "without it they are reported when a split exists.")] = False,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, InputOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.console import out
 
 
@@ -16,9 +15,7 @@ def split(
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     sets: SetOpt = None,
-    input: Annotated[Path | None, typer.Option(
-        "--input", "-i", help="Folder with images/ and metadata/. Default: what 'bincli download' wrote.",
-        file_okay=False, show_default=False)] = None,
+    input: InputOpt = None,
     ratios: Annotated[tuple[float, float, float] | None, typer.Option(
         "--ratios", help="train valid test shares, summing to 1 (default 0.8 0.1 0.1).",
         show_default=False)] = None,

@@ -35,6 +35,17 @@ def boto_session(cfg: SageMakerConfig, region: str | None = None) -> Any:
     return session
 
 
+def split_in_s3(state: Any, step: str) -> dict[str, Any]:
+    """The 'upload' record, which must have put the split in S3: SageMaker jobs read only from there."""
+    from bincli.errors import StateError
+
+    upload = state.require("upload", needed_by=f"{step} on backend sagemaker")
+    if upload.get("backend") != "s3":
+        raise StateError(f"the last 'bincli upload' kept the split on this machine; SageMaker {step}s from S3",
+                         hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
+    return upload
+
+
 def role_arn(cfg: SageMakerConfig) -> str:
     """The execution role, which must be given. bincli does not guess it from the caller: outside a
     SageMaker notebook or Studio (the only places the SDK's get_execution_role finds one) the caller is

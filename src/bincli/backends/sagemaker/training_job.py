@@ -37,6 +37,7 @@ from bincli.backends.sagemaker.session import (
     require_sdk,
     resource_tags,
     role_arn,
+    split_in_s3,
     upload_model,
     upload_weights,
 )
@@ -44,7 +45,7 @@ from bincli.config import Config
 from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, WEIGHTS_CHANNEL, hyperparameter_name, metric_definitions
 from bincli.core.fileio import atomic_write_json
 from bincli.data.s3 import join_key, make_client, parse_s3_uri
-from bincli.errors import BincliError, Interrupted, StateError
+from bincli.errors import BincliError, Interrupted
 from bincli.layout import RUN_DIR, under
 from bincli.state import State
 
@@ -65,10 +66,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     console = console or err
     workdir = Path(config.workdir)
     state = State(workdir)
-    upload = state.require("upload", needed_by="train on backend sagemaker")
-    if upload.get("backend") != "s3":
-        raise StateError("the last 'bincli upload' kept the split on this machine; SageMaker trains from S3",
-                         hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
+    upload = split_in_s3(state, "train")
     require_sdk()
     sm_cfg = config.sagemaker
     role_arn(sm_cfg)  # no role: say so before anything goes to S3

@@ -38,6 +38,7 @@ from bincli.backends.sagemaker.session import (
     read_job_record,
     require_sdk,
     resource_tags,
+    split_in_s3,
 )
 from bincli.backends.sagemaker.training_job import JOB_KEYS  # the sagemaker keys that shape a training job
 from bincli.config import Config
@@ -75,10 +76,7 @@ def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = 
     if int(split.get("valid") or 0) == 0:
         raise DataError("tune needs a valid split to score trials, and the split has none",
                         hint="run 'bincli split' with a valid ratio above 0, e.g. --ratios 0.8 0.1 0.1")
-    upload = state.require("upload", needed_by="tune on backend sagemaker")
-    if upload.get("backend") != "s3":
-        raise StateError("the last 'bincli upload' kept the split on this machine; SageMaker tunes from S3",
-                         hint="run 'bincli upload --s3-uri s3://bucket/prefix' first")
+    upload = split_in_s3(state, "tune")
     require_sdk()
     tune = config.tune
     space = tune.search_space.searched(fixed)
