@@ -91,11 +91,9 @@ def upload_weights(path: Path, bucket: str, prefix: str, region: str) -> str:
 
     if not path.is_file():
         raise ConfigError(f"train.weights_file: {path} is not a file", hint="give the path of a state_dict (.pth)")
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    folder = join_key(prefix, "sagemaker", "weights", digest.hexdigest()[:16])
+        digest = hashlib.file_digest(f, "sha256").hexdigest()  # streamed, as data/split.py hashes photos
+    folder = join_key(prefix, "sagemaker", "weights", digest[:16])
     key = join_key(folder, path.name)
     s3 = make_client(region=region)
     try:
