@@ -10,6 +10,7 @@ shape is one StateError naming the broken record and the way out, never a traceb
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,20 @@ STATE_FILE = "state.json"
 # The order of the pipeline (for `bincli status`).
 STEP_ORDER = ("download", "split", "upload", "tune", "train", "deploy", "evaluate")
 
+# Which earlier records each step's work is made from. A record keeps a digest of those records'
+# outputs as they were when it was written (`inputs`); one that differs now means "made from an
+# older input" (stale: steps/freshness.py). A step records only the inputs that exist.
+READS: dict[str, tuple[str, ...]] = {
+    "inspect": ("download",), "split": ("download",), "upload": ("split",), "tune": ("split", "upload"),
+    "train": ("split", "tune"), "deploy": ("train",), "evaluate": ("train", "split"),
+}
+
+
+def outputs_digest(outputs: dict[str, Any]) -> str:
+    """A short digest of one record's outputs: equal outputs, equal digest (key order aside)."""
+    body = json.dumps(outputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
 
 class StepRecord(BaseModel):
     """One finished step. `outputs` is the step's own data; its keys are the step's business."""
@@ -38,6 +53,7 @@ class StepRecord(BaseModel):
     bincli_version: str
     outputs: dict[str, Any]
     config: dict[str, Any]
+    inputs: dict[str, str] = {}  # {earlier step: outputs_digest} when this one was recorded (READS)
 
 
 class StateFile(BaseModel):
@@ -74,14 +90,21 @@ class State:
                              hint=f"run 'bincli {name}' first")
         return outputs
 
-    def record(self, name: str, outputs: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+    def record(self, name: str, outputs: dict[str, Any], config: dict[str, Any] | None = None,
+               reads: tuple[str, ...] | None = None) -> None:
+        """Record a finished step. `reads`: the earlier steps it was made from, when not all of
+        READS[name] (train without --from-tune reads no tune)."""
         with self._locked(replacing=name) as data:
+            steps = data["steps"]
+            inputs = {up: outputs_digest(steps[up]["outputs"])
+                      for up in (READS.get(name, ()) if reads is None else reads) if up in steps}
             # Validated on the way in too, so bincli never writes a file it would refuse to read.
-            data["steps"][name] = StepRecord(
+            steps[name] = StepRecord(
                 finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 bincli_version=__version__,
                 outputs=outputs,
                 config=config or {},
+                inputs=inputs,
             ).model_dump()
 
     def forget(self, name: str) -> bool:
