@@ -34,8 +34,10 @@ chromium:
 	       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
 	  || echo "note: headless Chromium not installed (apt-get install -y chromium); the page-render test will skip"
 
+# The bucket stand-in, `bincli pipeline -c configs/demo.yaml`, one prediction, teardown (scripts/demo.sh).
+# A few minutes on 2 CPU cores; DEMO_CONFIG=my.yaml runs another config the same way.
 demo: $(VENV)/.installed
-	SHARED=$(SHARED) DEMO_WORK=$(DEMO_WORK) BIN=$(BIN) bash scripts/demo.sh
+	SHARED=$(SHARED) DEMO_WORK=$(DEMO_WORK) DEMO_CONFIG=$(DEMO_CONFIG) BIN=$(BIN) bash scripts/demo.sh
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -108,7 +108,7 @@ def test_download_flags(in_tmp, monkeypatch):
     rec = patch_step(monkeypatch, "bincli.data.download", "run_download", {"images": 7})
     out = invoke(["download", "-w", "w", "--per-class", "9", "--classes", "1-5", "--seed", "4",
                   "--file-list", "fl.json", "--ids-file", "ids.txt", "--ids", "00002,100313", "--ids", " 7 ",
-                  "--endpoint-url", "http://127.0.0.1:9000/", "--bucket", "mirror", "--workers", "3",
+                  "--s3-endpoint-url", "http://127.0.0.1:9000/", "--bucket", "mirror", "--workers", "3",
                   "--retries", "0", "--strict"])
     assert out == {"images": 7}
     args, kwargs = rec.pop()
@@ -153,7 +153,7 @@ def test_split_flags(in_tmp, monkeypatch):
 def test_upload_flags(in_tmp, backend, monkeypatch):
     backend.result = {"uploaded": 2}
     out = invoke(["upload", "-w", "w", "--s3-uri", "s3://my-bucket/abid/", "--layout", "folders",
-                  "--endpoint-url", "http://127.0.0.1:5000", "--workers", "4"])
+                  "--s3-endpoint-url", "http://127.0.0.1:5000", "--workers", "4"])
     assert out == {"uploaded": 2}
     assert backend.pop() == (Config(workdir=W, upload=UploadConfig(
         s3_uri="s3://my-bucket/abid", layout="folders", endpoint_url="http://127.0.0.1:5000", workers=4)),
@@ -209,27 +209,28 @@ def test_train_flags(in_tmp, monkeypatch):
                   "--from-tune", "--fresh", "--no-wait"])
     assert out == {"model": "m.tar.gz"}
     expected = Config(workdir=W, train=TrainConfig(epochs=2, patience=3, nproc_per_node=2, **TRAIN_VALUES))
-    assert rec.pop() == ((expected,), {"from_tune": True, "fresh": True, "wait": False})
+    assert rec.pop() == ((expected,), {"from_tune": True, "fresh": True, "wait": False, "run_name": None,
+                                       "resume": None})
 
     invoke(["train", "-w", "w", "--epochs", "2", "--lr", "0.01", "--no-pretrained", "--from-tune", "--fresh"])
     assert rec.pop() == ((Config(workdir=W, train=TrainConfig(epochs=2, lr=0.01, pretrained=False)),),
-                         {"from_tune": True, "fresh": True, "wait": True})
+                         {"from_tune": True, "fresh": True, "wait": True, "run_name": None, "resume": None})
     invoke(["train", "-w", "w", "--pretrained", "--cache", "--wait"])
     assert rec.pop() == ((Config(workdir=W, train=TrainConfig(pretrained=True, cache=True)),),
-                         {"from_tune": False, "fresh": False, "wait": True})
+                         {"from_tune": False, "fresh": False, "wait": True, "run_name": None, "resume": None})
 
     monkeypatch.setenv("BINCLI_TRAIN__EPOCHS", "4")
     invoke(["train", "-w", "w", *config_file(in_tmp, "train: {batch_size: 16, epochs: 9}\n"),
             "--set", "train.lr=0.05", "--set", "train.device=cpu"])
     assert rec.pop() == ((Config(workdir=W, train=TrainConfig(batch_size=16, epochs=4, lr=0.05, device="cpu")),),
-                         {"from_tune": False, "fresh": False, "wait": True})
+                         {"from_tune": False, "fresh": False, "wait": True, "run_name": None, "resume": None})
     invoke(["train", "-w", "w", "--set", "train.lr=0.05", "--lr", "0.2"])  # the command's own flag wins
     assert rec.pop()[0][0].train.lr == 0.2
 
 
 def test_deploy_flags(in_tmp, backend, monkeypatch):
     backend.result = {"name": "ep", "url": "http://127.0.0.1:1"}
-    out = invoke(["deploy", "-w", "w", "-m", "model.tar.gz", "--name", "ep-1", "--host", "0.0.0.0", "--port", "0",
+    out = invoke(["deploy", "-w", "w", "-m", "model.tar.gz", "--endpoint", "ep-1", "--host", "0.0.0.0", "--port", "0",
                   "--threads", "2", "--update", "--foreground"])
     assert out == {"name": "ep", "url": "http://127.0.0.1:1"}
     assert backend.pop() == (Config(workdir=W, deploy=DeployConfig(model=Path("model.tar.gz"), name="ep-1",
@@ -301,28 +302,28 @@ def test_evaluate_flags(in_tmp, monkeypatch):
     out = invoke(["evaluate", "-w", "w", "--split", "valid", "--in-process", "--concurrency", "2"])
     assert out == {"failed": 0, "n": 3}
     assert rec.pop() == ((Config(workdir=W, predict=PredictConfig(concurrency=2)), "valid"),
-                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": True})
+                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": True, "run": None})
     invoke(["evaluate", "-w", "w", "--split", "valid", "--local"])  # the hidden old name of --in-process
     assert rec.pop() == ((Config(workdir=W), "valid"),
-                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": True})
+                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": True, "run": None})
     invoke(["evaluate", "-w", "w", "-e", "ep-z", "--endpoint-url", "http://h:1", "-m", "m.tar.gz"])
     assert rec.pop() == ((Config(workdir=W, predict=PredictConfig(endpoint="ep-z", endpoint_url="http://h:1")),
                           "test"),
                          {"endpoint": "ep-z", "endpoint_url": "http://h:1", "model": Path("m.tar.gz"),
-                          "in_process": False})
+                          "in_process": False, "run": None})
     invoke(["evaluate", "--endpoint", "ep-long", "--model", "m2.tar.gz"])
     assert rec.pop()[1] == {"endpoint": "ep-long", "endpoint_url": None, "model": Path("m2.tar.gz"),
-                            "in_process": False}
+                            "in_process": False, "run": None}
 
     monkeypatch.setenv("BINCLI_PREDICT__TIMEOUT", "3")
     invoke(["evaluate", *config_file(in_tmp, "predict: {endpoint: from-file}\n"), "--set", "predict.concurrency=5"])
     assert rec.pop() == ((Config(predict=PredictConfig(endpoint="from-file", timeout=3, concurrency=5)), "test"),
-                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": False})
+                         {"endpoint": None, "endpoint_url": None, "model": None, "in_process": False, "run": None})
 
 
 def test_teardown_flags(in_tmp, backend, monkeypatch):
     backend.result = {"message": "stopped", "removed": []}
-    assert invoke(["teardown", "-w", "w", "--name", "ep-1"]) == {"message": "stopped", "removed": []}
+    assert invoke(["teardown", "-w", "w", "-e", "ep-1"]) == {"message": "stopped", "removed": []}
     assert backend.pop() == (Config(workdir=W), "teardown", {"name": "ep-1"})
 
     monkeypatch.setenv("BINCLI_DEPLOY__NAME", "from-env")
@@ -335,12 +336,12 @@ def test_teardown_flags(in_tmp, backend, monkeypatch):
 def test_status_sources_of_the_workdir(in_tmp, monkeypatch):
     # status has only the shared flags: its workdir shows which source won (file < env < --set < -w).
     args = ["status", *config_file(in_tmp, "workdir: from-file\n")]
-    assert invoke(args)["workdir"] == "from-file"
+    assert invoke(args)["workdir"] == str(in_tmp / "from-file")  # status prints it absolute
     monkeypatch.setenv("BINCLI_WORKDIR", "from-env")
-    assert invoke(args)["workdir"] == "from-env"
-    assert invoke([*args, "--set", "workdir=from-set"])["workdir"] == "from-set"
+    assert invoke(args)["workdir"] == str(in_tmp / "from-env")
+    assert invoke([*args, "--set", "workdir=from-set"])["workdir"] == str(in_tmp / "from-set")
     out = invoke([*args, "--set", "workdir=from-set", "-w", "w"])
-    assert out["workdir"] == "w" and not any(step["done"] for step in out["steps"])
+    assert out["workdir"] == str(in_tmp / "w") and not any(step["done"] for step in out["steps"])
     human = runner.invoke(app, ["status", "--workdir", "w"])  # the table is the result: stdout, not stderr
     assert human.exit_code == 0 and "bincli workspace w" in human.stdout and "not run" in human.stdout
     assert human.stderr == ""
@@ -373,4 +374,4 @@ def test_results_go_to_stdout_and_q_never_silences_them(in_tmp):
     quiet = runner.invoke(app, ["-q", "status", "-w", "w"])
     assert quiet.exit_code == 0 and "bincli workspace w" in quiet.stdout and quiet.stderr == ""
     as_json = runner.invoke(app, ["status", "-w", "w", "--json"])
-    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["workdir"] == "w"  # only JSON on stdout
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["workdir"] == str(in_tmp / "w")  # only JSON

@@ -180,9 +180,15 @@ def test_learns_to_count_blobs(tmp_path):
 
 
 def test_atomic_writes_leave_files_others_can_read(tmp_path):
+    import os
+
     from bincli.core.fileio import atomic_write_text
 
-    path = atomic_write_text(tmp_path / "train.csv", "id,path,count\n")
+    old = os.umask(0o022)  # the usual umask; test_cli_habits.py covers others
+    try:
+        path = atomic_write_text(tmp_path / "train.csv", "id,path,count\n")
+    finally:
+        os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "id,path,count\n"
 
 

@@ -457,7 +457,7 @@ def test_download_that_cannot_connect_names_endpoint_url_and_the_stand_in(in_tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = runner.invoke(app, ["download", "--per-class", "1", "--classes", "1-2",
-                                 "--endpoint-url", f"http://127.0.0.1:{port}"])
+                                 "--s3-endpoint-url", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1
-    assert "cannot connect to" in result.stderr and "download.endpoint_url (--endpoint-url)" in result.stderr
+    assert "cannot connect to" in result.stderr and "download.endpoint_url (--s3-endpoint-url)" in result.stderr
     assert "abid_mirror.py" in result.stderr

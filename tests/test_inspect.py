@@ -3,15 +3,10 @@ page in a real headless Chromium, and bad input as one line or a listed reason."
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,7 @@ from bincli.data.near_duplicates import near_pairs
 from bincli.errors import DataError, StateError
 from bincli.state import State
 from bincli.steps.data_report import run_inspect
-from helpers import write_metadata
+from helpers import check_page, chromium, render_in_chromium, write_metadata
 
 runner = CliRunner()
 
@@ -258,75 +253,13 @@ def test_cli_json_and_flags(data, tmp_path, in_tmp, monkeypatch):
 
 
 # ---------------------------------------------------------------- the page
-class _Checker(HTMLParser):
-    """Collects every src/href and checks that tags close in order (void elements aside)."""
-
-    VOID = frozenset({"img", "meta", "link", "br", "hr", "input"})
-
-    def __init__(self):
-        super().__init__()
-        self.stack: list[str] = []
-        self.urls: list[str] = []
-        self.errors: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.urls += [v for k, v in attrs if k in ("src", "href") and v is not None]
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
-        else:
-            self.stack.pop()
-
-
-def check_page(page: Path) -> int:
-    """Well-formed, every image a data: URI that decodes, no http(s) anywhere. Returns the image count."""
-    text = page.read_text(encoding="utf-8")
-    parser = _Checker()
-    parser.feed(text)
-    parser.close()
-    assert not parser.errors and parser.stack == []
-    assert not re.search(r"https?://", text), "the page must not reference the network"
-    assert parser.urls and all(u.startswith("data:image/") for u in parser.urls)
-    for uri in parser.urls:
-        header, payload = uri.split(",", 1)
-        assert header.endswith(";base64")
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as im:
-            im.load()
-    return len(parser.urls)
-
-
 def test_page_is_self_contained(data, tmp_path):
     out = run_inspect(cfg_for(tmp_path / "w", input=data, per_class=2))
     # 3 figures + contact sheet (4 classes, at most 2 each) + the near-duplicate group's 2 thumbnails.
     assert check_page(Path(out["page"])) == 3 + (1 + 2 + 2 + 2) + 2
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _render(page: Path, out: Path) -> list[str]:
-    """Screenshot `page` in headless Chromium; returns the URLs the page itself requested (from the
-    browser's net log; the browser's own background calls have no page origin and are ignored)."""
-    log = out.with_suffix(".netlog.json")
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={out.parent / 'chromium-profile'}", "--window-size=1200,2400",
-           f"--log-net-log={log}", f"--screenshot={out}", page.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and out.is_file(), proc.stderr[-2000:]
-    net = json.loads(log.read_text())
-    start = net["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [e["params"]["url"] for e in net["events"]
-            if e["type"] == start and "url" in e.get("params", {})
-            and e["params"].get("initiator") != "not an origin"
-            and not e["params"]["url"].startswith(("data:", "file:"))]
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install -y "
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (Debian: apt-get install -y "
                     "chromium; 'make install-test' does it where apt is available)")
 def test_page_renders_in_headless_chromium(data, tmp_path):
     work = tmp_path / "w"
@@ -335,7 +268,7 @@ def test_page_renders_in_headless_chromium(data, tmp_path):
     record_split(work, where)
     out = run_inspect(cfg_for(work, input=data), use_split=True)
     shot = tmp_path / "shot.png"
-    assert _render(Path(out["page"]), shot) == []
+    assert render_in_chromium(Path(out["page"]), shot) == []
     with Image.open(shot) as im:
         assert im.size == (1200, 2400)
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
@@ -345,7 +278,7 @@ def test_page_renders_in_headless_chromium(data, tmp_path):
     # The detector itself: a page that does reach out is caught.
     bad = tmp_path / "bad.html"
     bad.write_text('<html><body><img src="http://127.0.0.1:9/x.png"></body></html>')
-    assert _render(bad, tmp_path / "bad.png") == ["http://127.0.0.1:9/x.png"]
+    assert render_in_chromium(bad, tmp_path / "bad.png") == ["http://127.0.0.1:9/x.png"]
 
 
 # ---------------------------------------------------------------- the real sample

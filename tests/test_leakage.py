@@ -65,7 +65,7 @@ def test_train_refuses_a_split_whose_manifests_share_photos(tmp_path, abid_sampl
         check_split_is_disjoint(split)
     with pytest.raises(DataError, match="also in the train split"):
         run_train(cfg)  # refused before any epoch runs
-    assert not (cfg.workdir / "train").exists()
+    assert not (cfg.workdir / "runs").exists()
 
 
 def test_train_refuses_a_split_without_valid_or_test_before_training(tmp_path, abid_sample):
@@ -74,4 +74,4 @@ def test_train_refuses_a_split_without_valid_or_test_before_training(tmp_path, a
     state.record("split", {**state.outputs("split"), "valid": 0, "test": 0})
     with pytest.raises(DataError, match="neither a test nor a valid set"):
         run_train(cfg)
-    assert not (cfg.workdir / "train").exists()
+    assert not (cfg.workdir / "runs").exists()

@@ -43,6 +43,7 @@ def test_package_exports_the_graph_and_records_it(packaged):
     graph = read_model_info(tar)[GRAPH_KEY]
     assert graph["format"] == "onnx" and graph["file"] == "model.onnx" and graph["opset"] == 17
     assert graph["dynamic_batch"] is True
+    assert graph["input_dtype"] == "uint8"  # the eval normalize is inside: the request path hands it pixels
     assert (model_dir / "model.onnx").stat().st_size > 1_000_000  # the weights are inside the one file
 
 
@@ -59,6 +60,47 @@ def test_each_runtime_answers_real_photos_as_the_eager_net(packaged, monkeypatch
         for got, want in zip(answers, reference, strict=True):
             assert got["count"] == model.classes.count_of(int(want.argmax()))
             assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=1e-4)
+
+
+def test_the_serving_halves_make_the_one_eval_transform(packaged, monkeypatch, abid_sample):
+    """The request path resizes (model.pixels) and the runtime normalizes: together, exactly the eval preset
+    that training's validation uses, on real photos of several sizes."""
+    model = load(packaged[0], monkeypatch, "eager")
+    normalize = runtimes.normalize_of(model.info)
+    for path in sample_images(abid_sample, 8):
+        img = Image.open(path).convert("RGB")
+        pixels = model.pixels(img)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, model.image_size, model.image_size)
+        assert torch.equal(normalize(pixels.unsqueeze(0))[0], model.transform(img))
+
+
+@needs_ort
+def test_a_graph_exported_before_the_normalize_moved_in_still_serves(packaged, tmp_path, monkeypatch, abid_sample):
+    """Archives whose model.onnx takes normalized floats (no "input_dtype" in the record): ONNX Runtime
+    serves them, normalizing in torch first, with the eager net's answers."""
+    import shutil
+    import warnings
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(packaged[0], model_dir)
+    net = inference.load_net(model_dir, "resnet18", 5)
+    size = json.loads((model_dir / MODEL_INFO_FILE).read_text())["image_size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(model_dir / "model.onnx"), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    info = json.loads((model_dir / MODEL_INFO_FILE).read_text())
+    info[GRAPH_KEY].pop("input_dtype")
+    (model_dir / MODEL_INFO_FILE).write_text(json.dumps(info))
+    model = load(model_dir, monkeypatch, "onnxruntime")
+    assert model.runtime.name == "onnxruntime" and model.runtime.normalize is not None
+    photos = [Image.open(p).convert("RGB") for p in sample_images(abid_sample, 4)]
+    with torch.inference_mode():
+        reference = torch.softmax(net(torch.stack([model.transform(img) for img in photos])), dim=1)
+    for got, want in zip(inference.predict_fn(photos, model), reference, strict=True):
+        assert got["count"] == model.classes.count_of(int(want.argmax()))
+        assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=1e-4)
 
 
 def test_the_fastest_importable_runtime_is_chosen_and_logged(packaged, monkeypatch, caplog):

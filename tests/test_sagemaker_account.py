@@ -102,7 +102,7 @@ def test_fresh_then_a_plain_rerun_resumes_the_fresh_checkpoints(uploaded):
     _end_job(rerun, "Stopped", "stopped by the user")
     again = _start(cfg)["job_name"]
     assert _checkpoints(sm, again) == new
-    record = json.loads((workdir / "train" / "sagemaker-job.json").read_text())
+    record = json.loads((workdir / "runs" / "train" / "sagemaker-job.json").read_text())
     assert record["job_name"] == again and record["checkpoints"] == new
 
 

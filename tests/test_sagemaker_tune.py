@@ -325,7 +325,7 @@ def test_trials_run_score_as_the_local_tuner_and_feed_train_from_tune(uploaded, 
     trained = runner.invoke(app, ["train", "-w", str(workdir), "--from-tune", "--epochs", "1", "--image-size", "32",
                                   "--workers", "0", "--no-cache", "--device", "cpu"])
     assert trained.exit_code == 0, trained.output
-    snapshot = yaml.safe_load((workdir / "train" / "config.yaml").read_text())
+    snapshot = yaml.safe_load((workdir / "runs" / "train" / "config.yaml").read_text())
     assert snapshot["from_tune"] is True
     assert snapshot["hyperparameters"]["lr"] == recorded["best_hyperparameters"]["lr"]
     assert snapshot["hyperparameters"]["batch-size"] == recorded["best_hyperparameters"]["batch_size"]

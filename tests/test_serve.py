@@ -148,6 +148,59 @@ def test_concurrent_requests_run_as_one_forward_each_with_its_own_answer(model, 
         assert list(got["probabilities"].values()) == pytest.approx(list(want["probabilities"].values()), abs=1e-5)
 
 
+def test_a_batch_waits_for_the_images_still_being_decoded(model, abid_sample, monkeypatch):
+    """Requests that arrive together run as one forward, not the first decoded alone and the rest after it."""
+    from bincli.backends.local import batching
+
+    monkeypatch.setattr(batching, "PREPARING_WAIT_S", 60.0)  # the wait ends because the decodes end, not the cap
+    release, all_in, lock, entered = threading.Event(), threading.Event(), threading.Lock(), []
+
+    def slow_pixels(img):  # the first decode ends once all three are decoding; the others wait for `release`
+        with lock:
+            entered.append(1)
+            first = len(entered) == 1
+            if len(entered) == 3:
+                all_in.set()
+        assert (all_in if first else release).wait(30)
+        return model.pixels(img)
+
+    counting = Gate(model.runtime)
+    counting.opened.set()
+    slowed = dataclasses.replace(model, runtime=counting, pixels=slow_pixels)
+    bodies = [p.read_bytes() for p in sample_images(abid_sample, 3)]
+    with ServerThread(slowed, name="batched", threads=4, max_batch_size=8) as srv, ThreadPoolExecutor(4) as pool:
+        batcher = srv.app.state.batcher
+
+        def call(body):
+            with httpx.Client(base_url=srv.url, timeout=60) as c:
+                return c.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"})
+
+        futures = [pool.submit(call, b) for b in [*bodies, b"not an image"]]
+        deadline = time.monotonic() + 30
+        while not (len(batcher.queue) == 1 and batcher.preparing == 2):  # one image ready, two decoding
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert counting.calls == []  # it waits for them
+        release.set()
+        answers = [f.result() for f in futures]
+    assert [r.status_code for r in answers] == [200, 200, 200, 400]  # the junk one failed alone
+    assert counting.calls == [3]
+    assert [r.headers["x-bincli-batch-size"] for r in answers[:3]] == ["3", "3", "3"]
+
+
+def test_a_lone_request_waits_for_nobody(model, abid_sample, monkeypatch):
+    from bincli.backends.local import batching
+
+    monkeypatch.setattr(batching, "PREPARING_WAIT_S", 60.0)
+    body = sample_images(abid_sample, 1)[0].read_bytes()
+    with ServerThread(model, name="batched", max_batch_size=8) as srv, \
+            httpx.Client(base_url=srv.url, timeout=10) as c:  # waiting for the cap would time out
+        for _ in range(3):
+            r = c.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200 and r.headers["x-bincli-batch-size"] == "1"
+            assert r.json() == in_process(model, body)
+
+
 def test_batching_off_runs_each_request_alone(model, abid_sample):
     body = sample_images(abid_sample, 1)[0].read_bytes()
     with ServerThread(model, name="unbatched", max_batch_size=1) as srv:

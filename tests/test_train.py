@@ -137,7 +137,7 @@ def test_train_step_with_two_ddp_processes(tmp_path):
     assert "torch.distributed.run" in log and "distributed: rank 0 of 2" in log
     assert "ranks agree: 2 ranks" in log
     assert [line.split()[0] for line in log.splitlines() if line.startswith("epoch=")] == ["epoch=1", "epoch=2"]
-    run_dir = tmp_path / "train"
+    run_dir = tmp_path / "runs" / "train"
     assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["model.pth", "model_info.json"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     # the reduced valid metrics equal one process evaluating the saved model on all 5 images
@@ -160,7 +160,8 @@ def test_train_step_with_two_ddp_processes(tmp_path):
     assert set(json.loads(Path(result["metrics"]).read_text())) >= REPORT_KEYS
     _check_model_tar(Path(result["model"]))
     recorded = State(tmp_path).outputs("train")
-    assert recorded["model"] == str(tmp_path / "model" / "model.tar.gz") and recorded["split"] == "test"
+    assert recorded["model"] == str(run_dir / "model.tar.gz") and recorded["split"] == "test"
+    assert (tmp_path / "model" / "model.tar.gz").read_bytes() == (run_dir / "model.tar.gz").read_bytes()  # latest
     assert recorded["accuracy"] == result["accuracy"] and recorded["hyperparameters"]["classes"] == "1-5"
 
 
@@ -186,7 +187,7 @@ def test_cli_train_end_to_end_then_rerun_has_nothing_to_resume(in_tmp):
     with tarfile.open(out["model"]) as tar:
         info = json.load(tar.extractfile("model_info.json"))
     assert info["classes"] == "0-5" and info["image_size"] == 32 and info["metrics"]["test"]["n"] == 12
-    snapshot = (in_tmp / "w" / "train" / "config.yaml").read_text()
+    snapshot = (in_tmp / "w" / "runs" / "train" / "config.yaml").read_text()
     assert snapshot.startswith("# bincli ") and "from_tune: true" in snapshot
 
     again = runner.invoke(app, args[:-1])  # same settings, human output
@@ -214,20 +215,21 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
            "--image-size", "32", "--batch-size", "4", "--workers", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINCLI_")}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "w" / "train" / "train.log"
+    log = tmp_path / "w" / "runs" / "train" / "train.log"
     _wait_for(lambda: log.is_file() and "progress epoch=" in log.read_text(), 120, "training to start", proc)
     proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches bincli; bincli forwards it to the trainer
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "error: training interrupted at epoch" in err and "run 'bincli train' again to resume" in err
-    ckpt = torch.load(tmp_path / "w" / "train" / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "w" / "runs" / "train" / "checkpoints" / "last.pt", weights_only=True)
     stopped_at = ckpt["next"]  # mid-epoch on a slow machine, an epoch boundary on a fast one
     assert (stopped_at["epoch"], stopped_at["sample"]) > (1, 0) and stopped_at["epoch"] <= 4
     assert State(tmp_path / "w").outputs("train") is None and not (tmp_path / "w" / "model").exists()
 
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    resumed = f"resuming from {tmp_path / 'w' / 'train' / 'checkpoints' / 'last.pt'} at epoch {stopped_at['epoch']}"
+    last_pt = tmp_path / "w" / "runs" / "train" / "checkpoints" / "last.pt"
+    resumed = f"resuming from {last_pt} at epoch {stopped_at['epoch']}"
     assert resumed in again.stderr
     epochs_after = [int(line.split()[1].split("/")[0]) for line in again.stderr.splitlines()
                     if line.startswith("epoch ")]

@@ -121,7 +121,7 @@ def test_train_from_tune_uses_the_best_trial(split_work, in_tmp):
     State(split_work).record("tune", best)
     result = runner.invoke(app, ["train", "-w", str(split_work), "--from-tune", "--epochs", "1", *TINY])
     assert result.exit_code == 0, result.output
-    snapshot = yaml.safe_load((split_work / "train" / "config.yaml").read_text())
+    snapshot = yaml.safe_load((split_work / "runs" / "train" / "config.yaml").read_text())
     assert snapshot["from_tune"] is True
     assert snapshot["hyperparameters"]["batch-size"] == 8
     assert snapshot["hyperparameters"]["weight-decay"] == 0.002

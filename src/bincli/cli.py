@@ -16,13 +16,15 @@ import typer
 from typer.core import TyperGroup
 
 from bincli import __version__, lock
+from bincli.commands import common, deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
 from bincli.commands import config as config_cmd
-from bincli.commands import deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
 from bincli.commands import inspect as inspect_cmd
 from bincli.commands import loadtest as loadtest_cmd
-from bincli.console import err, set_quiet
+from bincli.commands import pipeline as pipeline_cmd
+from bincli.commands.common import ConfigOpt, JsonOpt, PlainHelpCommand, QuietOpt, VerboseOpt, WorkdirOpt
+from bincli.console import err
 from bincli.errors import BincliError, ConfigError
-from bincli.logsafe import redact, setup_logging
+from bincli.logsafe import redact
 
 
 class _ErrorFunnel(TyperGroup):
@@ -82,31 +84,41 @@ def _main(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results.")] = False,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Debug logging (AWS libraries stay at INFO; credentials are redacted).")] = False,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    set_quiet(quiet)
-    setup_logging(verbose=verbose, quiet=quiet)
+    # Each of these may also follow the command name; a command's own -c/-w win over these.
+    common.begin_group(common.GroupOptions(config=config, workdir=workdir, json=json_out, quiet=quiet,
+                                           verbose=verbose))
+    ctx.call_on_close(common.end_group)
     # The command's name, for its workdir lock (commands/common.load); released when it ends.
     lock.begin_command(ctx.invoked_subcommand)
     ctx.call_on_close(lock.end_command)
 
 
+def _command(name: str, function) -> None:
+    """A command that also takes -q/-v after its name, with plain help (commands/common.py)."""
+    app.command(name, cls=PlainHelpCommand)(common.with_global_flags(function))
+
+
 # The pipeline, in the order it runs.
-app.command("download")(download.download)
-app.command("inspect")(inspect_cmd.inspect)
-app.command("split")(split.split)
-app.command("upload")(upload.upload)
-app.command("tune")(tune.tune)
-app.command("train")(train.train)
-app.command("deploy")(deploy.deploy)
-app.command("predict")(predict.predict)
-app.command("evaluate")(evaluate.evaluate)
-app.command("loadtest")(loadtest_cmd.loadtest)
-app.command("teardown")(teardown.teardown)
+_command("download", download.download)
+_command("inspect", inspect_cmd.inspect)
+_command("split", split.split)
+_command("upload", upload.upload)
+_command("tune", tune.tune)
+_command("train", train.train)
+_command("deploy", deploy.deploy)
+_command("predict", predict.predict)
+_command("evaluate", evaluate.evaluate)
+_command("loadtest", loadtest_cmd.loadtest)
+_command("teardown", teardown.teardown)
+_command("pipeline", pipeline_cmd.pipeline)
 # Workspace and config.
-app.command("status")(status.status)
+_command("status", status.status)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from bincli.core.classes import ClassSpec
-from bincli.core.hyperparams import CONFIG_PARAMS, FREEZE_CHOICES, OPTIMIZER_CHOICES, Param
+from bincli.core.hyperparams import CONFIG_PARAMS, FREEZE_CHOICES, MODEL_CHOICES, OPTIMIZER_CHOICES, Param
 from bincli.data import abid
 from bincli.errors import ConfigError
 
@@ -191,7 +191,7 @@ class SearchSpace(Section):
 
 
 class TuneConfig(Section):
-    max_jobs: int = Field(8, ge=1, le=500)
+    max_jobs: int = Field(8, ge=0, le=500)  # 0: no tuning (`bincli pipeline` shows tune as not configured)
     max_parallel: int = Field(1, ge=1, le=100)
     epochs: int = Field(3, ge=1, le=1000)
     objective: Literal["valid_loss", "valid_acc"] = "valid_loss"
@@ -253,10 +253,10 @@ class DeployConfig(Section):
     body_timeout: float = Field(30.0, gt=0, le=3600)
     keep_alive_timeout: float = Field(5.0, gt=0, le=3600)
     max_connections: int = Field(64, ge=1, le=10_000)
-    # Micro-batching in the local server: concurrent requests' images run as one forward (1 = off: on
-    # 2 CPUs ONNX Runtime's batch 8 is no cheaper per image than batch 1, and bench/serve.py measured it off
-    # as fast or faster at 1 and 8 clients; it pays where a batch uses cores one image cannot).
-    max_batch_size: int = Field(1, ge=1, le=64)
+    # Micro-batching in the local server: concurrent requests' images run as one forward, one forward at a
+    # time (1 = off). A lone request waits for nobody (batching.py), so one client is as fast as with it off;
+    # 8 clients got more req/s than with concurrent forwards fighting over the cores (bench/serve.py, issue 14).
+    max_batch_size: int = Field(8, ge=1, le=64)
     max_batch_delay_ms: float = Field(0.0, ge=0, le=1000)
     # SageMaker endpoints (backend sagemaker; the local backend refuses them through its capability table).
     autoscaling: AutoscalingConfig | None = None
@@ -593,10 +593,24 @@ def _format_error(err: Mapping[str, Any], sources: dict[str, str], cfg_path: Pat
     if err["type"] == "extra_forbidden":
         owner = _model_at(field_loc)
         msg = "unknown key" + _suggest(field_loc[-1] if field_loc else "", list(owner.model_fields) if owner else [])
+    elif dotted == "train.model" and _looks_like_a_file(err.get("input")):
+        # A trained model.tar.gz cannot seed training: say what can.
+        msg = (f"is the architecture ({', '.join(MODEL_CHOICES)}), not a model file, got {err['input']!r}; "
+               "to start from ImageNet weights use --pretrained (--weights-file FILE.pth: a local copy), "
+               "to continue a run use --resume RUN")
     elif err["type"] in {"literal_error", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
                          "int_parsing", "float_parsing", "bool_parsing", "int_from_float"}:
         msg = f"{msg}, got {err.get('input')!r}"
     return f"{source}: {_show_key(dotted)}: {msg}"
+
+
+def _looks_like_a_file(value: Any) -> bool:
+    """`--model wd/model/model.tar.gz`: a path where an architecture name belongs."""
+    if not isinstance(value, str | Path):
+        return False
+    text = str(value)
+    return ("/" in text or os.sep in text or text.endswith((".tar.gz", ".tgz", ".pt", ".pth", ".onnx"))
+            or Path(text).exists())
 
 
 def _nearest_source(dotted: str, sources: dict[str, str]) -> str | None:

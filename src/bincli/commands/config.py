@@ -7,20 +7,34 @@ from typing import Annotated
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
-from bincli.config import STEPS, flatten, load_config
+from bincli.commands.common import (
+    ConfigOpt,
+    JsonOpt,
+    PlainHelpCommand,
+    SetOpt,
+    WorkdirOpt,
+    config_path,
+    finish,
+    load,
+    with_global_flags,
+)
+from bincli.config import STEPS, flatten, load_config, parse_set_options, resolve_config_path
 from bincli.console import info, out
+from bincli.errors import UsageError
 
-app = typer.Typer(help="Show the resolved config or validate a config file.", no_args_is_help=True)
+app = typer.Typer(help="Show the resolved config or validate a config file.", no_args_is_help=True,
+                  rich_markup_mode=None)
 
 
-@app.command("show")
+@app.command("show", cls=PlainHelpCommand)
+@with_global_flags
 def show(
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     sets: SetOpt = None,
-    step: Annotated[str | None, typer.Option("--step", help=f"Only this section: {', '.join(STEPS)}.")] = None,
+    step: Annotated[str | None, typer.Option("--step", help="Only this section.", metavar=f"[{'|'.join(STEPS)}]",
+                                             show_default=False)] = None,
 ) -> None:
     """Print the resolved config and which source set each key (default, file, env, flag).
 
@@ -48,17 +62,31 @@ def show(
     finish(result, json_out, render)
 
 
-@app.command("validate")
+@app.command("validate", cls=PlainHelpCommand)
+@with_global_flags
 def validate(
-    file: Annotated[Path, typer.Argument(help="The YAML config to check.", dir_okay=False)],
+    file: Annotated[Path | None, typer.Argument(
+        help="The YAML config to check (default -c, else $BINCLI_CONFIG, else configs/local.yaml).",
+        dir_okay=False, show_default=False, metavar="FILE")] = None,
+    config: ConfigOpt = None,
     json_out: JsonOpt = False,
+    sets: SetOpt = None,
 ) -> None:
-    """Check a config file; exit 2 with one line per problem if it is invalid.
+    """Check a config file (with any --set overrides); exit 2 with one line per problem if it is invalid.
 
-    Example: bincli config validate configs/local.yaml
+    Environment overrides (BINCLI_<SECTION>__<KEY>) are not applied: this checks the file itself.
+
+    Example: bincli config validate configs/local.yaml;  bincli config validate -c x.yaml --set train.lr=0.1
     """
-    load_config(file, env={})
-    finish({"config_file": str(file), "valid": True}, json_out, lambda _: info(f"{file}: valid"))
+    config = config_path(config)
+    if file is not None and config is not None and file != config:
+        raise UsageError(f"two config files given ({file} and -c {config}): give one")
+    path, _ = resolve_config_path(file or config)
+    if path is None:
+        raise UsageError("no config file to validate: configs/local.yaml not found",
+                         hint="bincli config validate FILE, or -c FILE")
+    load_config(path, parse_set_options(sets), env={})
+    finish({"config_file": str(path), "valid": True}, json_out, lambda _: info(f"{path}: valid"))
 
 
 def _show(value) -> str:

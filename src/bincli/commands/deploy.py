@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, ModelOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, JsonOpt, ModelOpt, SetOpt, WorkdirOpt, finish, load, renamed
 from bincli.console import err, out
 
 
@@ -16,10 +16,11 @@ def deploy(
     json_out: JsonOpt = False,
     sets: SetOpt = None,
     model: ModelOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Endpoint name (default bincli-local).",
-                                             show_default=False)] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e", help="Endpoint name (default bincli-local).",
+                                                 show_default=False, metavar="NAME")] = None,
+    name: Annotated[str | None, typer.Option("--name", hidden=True, help="Old name of --endpoint.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).",
-                                             show_default=False)] = None,
+                                             show_default=False, metavar="HOST")] = None,
     port: Annotated[int | None, typer.Option("--port", "-p", help="Port; 0 picks a free one (default 8080).",
                                              show_default=False)] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Requests predicted at once (default 4).",
@@ -41,8 +42,9 @@ def deploy(
 
     Example: bincli deploy --port 0 && bincli predict bin.jpg && bincli teardown
     """
+    endpoint = renamed(endpoint, name, "--endpoint", "--name")
     cfg = load(config, workdir, sets, {
-        "deploy.model": ("--model", model), "deploy.name": ("--name", name), "deploy.host": ("--host", host),
+        "deploy.model": ("--model", model), "deploy.name": ("--endpoint", endpoint), "deploy.host": ("--host", host),
         "deploy.port": ("--port", port), "deploy.threads": ("--threads", threads),
         "deploy.instances": ("--instances", instances),
     }).config

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load, renamed
 from bincli.console import out
 
 
@@ -19,10 +19,10 @@ def download(
     sets: SetOpt = None,
     per_class: Annotated[int | None, typer.Option(
         "--per-class", help="Sample this many ids per class (seeded) from the bucket's metadata, or from "
-        "--file-list.", show_default=False)] = None,
+        "--file-list.", show_default=False, metavar="N")] = None,
     classes: Annotated[str | None, typer.Option(
         "--classes", help="Classes for --per-class: '1-5', or '0-5+' where 5+ holds 5 or more (default 1-5).",
-        show_default=False)] = None,
+        show_default=False, metavar="CLASSES")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the per-class sample (default 0).",
                                              show_default=False)] = None,
     file_list: Annotated[Path | None, typer.Option(
@@ -31,18 +31,22 @@ def download(
     ids_file: Annotated[Path | None, typer.Option(
         "--ids-file", help="Text file with one id per line.", dir_okay=False, show_default=False)] = None,
     ids: Annotated[list[str] | None, typer.Option(
-        "--ids", help="Ids to fetch, comma-separated or repeated: --ids 00002,100313.", show_default=False)] = None,
-    endpoint_url: Annotated[str | None, typer.Option(
-        "--endpoint-url", help="S3-compatible server instead of AWS (e.g. the local ABID mirror).",
-        show_default=False)] = None,
+        "--ids", help="Ids to fetch, comma-separated or repeated: --ids 00002,100313.", show_default=False,
+        metavar="ID,...")] = None,
+    s3_endpoint_url: Annotated[str | None, typer.Option(
+        "--s3-endpoint-url", help="S3-compatible server instead of AWS (e.g. the local ABID mirror).",
+        show_default=False, metavar="URL")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", hidden=True,
+                                                     help="Old name of --s3-endpoint-url.")] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket (default aft-vbi-pds).",
-                                               show_default=False)] = None,
+                                               show_default=False, metavar="BUCKET")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Concurrent transfers (default 32).",
                                                 show_default=False)] = None,
     retries: Annotated[int | None, typer.Option("--retries", help="Retries per file (default 5).",
                                                 show_default=False)] = None,
     strict: Annotated[bool | None, typer.Option(
-        "--strict/--no-strict", help="Fail if any file fails (default: only if nothing usable came down).",
+        "--strict/--no-strict", help="Fail if any file fails (default no-strict: only if nothing usable came "
+        "down).",
         show_default=False)] = None,
 ) -> None:
     """Download ABID images and their metadata into <workdir>/data, verified, resumable.
@@ -52,10 +56,11 @@ def download(
 
     Example: bincli download --per-class 500 --classes 1-5 --seed 0
     """
+    s3_endpoint_url = renamed(s3_endpoint_url, endpoint_url, "--s3-endpoint-url", "--endpoint-url")
     loaded = load(config, workdir, sets, {
         "download.per_class": ("--per-class", per_class), "download.classes": ("--classes", classes),
         "download.seed": ("--seed", seed), "download.file_list": ("--file-list", file_list),
-        "download.ids_file": ("--ids-file", ids_file), "download.endpoint_url": ("--endpoint-url", endpoint_url),
+        "download.ids_file": ("--ids-file", ids_file), "download.endpoint_url": ("--s3-endpoint-url", s3_endpoint_url),
         "download.bucket": ("--bucket", bucket), "download.workers": ("--workers", workers),
         "download.retries": ("--retries", retries), "download.strict": ("--strict", strict),
     })

@@ -21,8 +21,8 @@ def inspect(
         "--split", help="Require the split 'bincli split' recorded (per-split histograms, leakage check); "
         "without it they are reported when a split exists.")] = False,
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", help="model.tar.gz whose highest-loss photos to show. Default: what 'bincli train' "
-        "wrote, if anything.", dir_okay=False, show_default=False)] = None,
+        "--model", "-m", help="model.tar.gz whose highest-loss photos to show (default what 'bincli train' "
+        "wrote, if anything).", dir_okay=False, show_default=False)] = None,
     per_class: Annotated[int | None, typer.Option(
         "--per-class", help="Thumbnails per class on the contact sheet (default 8).", show_default=False)] = None,
     top_losses: Annotated[int | None, typer.Option(

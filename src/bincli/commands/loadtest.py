@@ -18,7 +18,7 @@ def loadtest(
     sets: SetOpt = None,
     endpoint: EndpointOpt = None,
     images: Annotated[Path | None, typer.Option(
-        "--images", help="Folder of bin photos to send. Default: the photos 'bincli download' fetched.",
+        "--images", help="Folder of bin photos to send (default the photos 'bincli download' fetched).",
         file_okay=False, show_default=False)] = None,
     slo_p95_ms: Annotated[float, typer.Option("--slo-p95-ms", help="Latency SLO: p95 in milliseconds.",
                                               min=1)] = 200.0,
@@ -27,7 +27,7 @@ def loadtest(
     duration: Annotated[str, typer.Option("--duration", help="Time per step: 20s, 1m, or plain seconds.")] = "20s",
     max_requests: Annotated[int, typer.Option("--max-requests", help="Requests per step at most.", min=1)] = 2000,
     instances: Annotated[int | None, typer.Option(
-        "--instances", help="Instances behind the endpoint. Default: what its status says.", min=1,
+        "--instances", help="Instances behind the endpoint (default what its status says).", min=1,
         show_default=False)] = None,
     safety: Annotated[float, typer.Option("--safety", help="Share of the measured maximum to target (AWS: 0.5).",
                                           min=0.01, max=1.0)] = 0.5,

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, EndpointOpt, EndpointUrlOpt, SetOpt, WorkdirOpt, load
+from bincli.commands.common import ConfigOpt, EndpointOpt, EndpointUrlOpt, SetOpt, WorkdirOpt, load, wants_json
 from bincli.console import emit_json, out
 from bincli.errors import UsageError
 
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Images (.jpg, .jpeg, .png) and/or folders of them.",
-                                                 show_default=False)],
+                                                 show_default=False, metavar="IMAGE")],
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout.")] = False,
@@ -52,7 +52,7 @@ def predict(
     from bincli.steps.predict import outcome_error, run_predict
 
     result = run_predict(cfg, images, endpoint=endpoint, endpoint_url=endpoint_url, model=model, expected=expected)
-    if json_out:
+    if wants_json(json_out):
         for row in result["results"]:
             emit_json(row)
     else:

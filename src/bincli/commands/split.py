@@ -17,17 +17,17 @@ def split(
     sets: SetOpt = None,
     input: InputOpt = None,
     ratios: Annotated[tuple[float, float, float] | None, typer.Option(
-        "--ratios", help="train valid test shares, summing to 1 (default 0.8 0.1 0.1).",
-        show_default=False)] = None,
+        "--ratios", help="Train, valid and test shares, space-separated, summing to 1 (default 0.8 0.1 0.1).",
+        show_default=False, metavar="TRAIN VALID TEST")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Shuffle seed (default 42).", show_default=False)] = None,
     classes: Annotated[str | None, typer.Option(
         "--classes", help="Counts to keep: '1-5', or '0-5+' where 5+ holds 5 or more (default 1-5).",
-        show_default=False)] = None,
+        show_default=False, metavar="CLASSES")] = None,
     max_per_class: Annotated[int | None, typer.Option(
-        "--max-per-class", help="Cap images per class.", show_default=False)] = None,
+        "--max-per-class", help="Cap images per class.", show_default=False, metavar="N")] = None,
     layout: Annotated[str | None, typer.Option(
-        "--layout", help="manifest, or folders (also hard-links <split>/<count>/<id>.jpg).",
-        show_default=False)] = None,
+        "--layout", help="manifest, or folders (also hard-links <split>/<count>/<id>.jpg) (default manifest).",
+        show_default=False, metavar="[manifest|folders]")] = None,
     group_near_duplicates: Annotated[bool | None, typer.Option(
         "--group-near-duplicates/--no-group-near-duplicates",
         help="Keep each group of near-identical photos inside one split (default on), so no test photo "

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load, renamed
 from bincli.console import out
 from bincli.errors import UsageError
 
@@ -16,8 +16,9 @@ def teardown(
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     sets: SetOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Only if the deployed endpoint has this name.",
-                                             show_default=False)] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e", help="Only if the deployed endpoint has this "
+                                                 "name.", show_default=False, metavar="NAME")] = None,
+    name: Annotated[str | None, typer.Option("--name", hidden=True, help="Old name of --endpoint.")] = None,
     all_tagged: Annotated[bool, typer.Option("--all", help="Also delete every endpoint, endpoint config and "
                                              "model tagged with this workspace (backend sagemaker).")] = False,
 ) -> None:
@@ -29,13 +30,14 @@ def teardown(
 
     Example: bincli teardown   |   bincli teardown --all
     """
+    endpoint = renamed(endpoint, name, "--endpoint", "--name")
     cfg = load(config, workdir, sets).config
     from bincli.backends import get_backend
 
-    if all_tagged and name:
-        raise UsageError("--all removes everything this workspace made: do not combine it with --name")
+    if all_tagged and endpoint:
+        raise UsageError("--all removes everything this workspace made: do not combine it with --endpoint")
     backend = get_backend(cfg)
-    finish(backend.teardown_all() if all_tagged else backend.teardown(name), json_out, _render)
+    finish(backend.teardown_all() if all_tagged else backend.teardown(endpoint), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:

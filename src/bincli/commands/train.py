@@ -19,17 +19,25 @@ def train(
     sets: SetOpt = None,
     from_tune: Annotated[bool, typer.Option("--from-tune", help="Use the best hyperparameters of 'bincli tune'."
                                             )] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the checkpoint and start over.")] = False,
+    run_name: Annotated[str | None, typer.Option(
+        "--run-name", metavar="NAME", show_default=False,
+        help="Train into <workdir>/runs/NAME (default: the run with these settings, else the next trainN).")] = None,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="RUN", show_default=False,
+        help="Continue run RUN ('last': the latest) with the settings it was started with.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start the run over: discard its checkpoint.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Backend sagemaker: wait for the training job "
                                        "(default), or start it and return; 'bincli train' again attaches.")] = True,
     training: dict[str, Any] | None = None,
 ) -> None:
-    """Train a ResNet to count items on the split, resuming from its checkpoint if there is one.
+    """Train a ResNet to count items on the split: each set of settings is one run in <workdir>/runs/.
 
     Runs the core entry point under SageMaker's contract (torchrun with --nproc-per-node > 1),
-    shows progress per epoch, then evaluates the best epoch on the test split, writes
-    <workdir>/report/ (metrics.json, confusion matrix, learning curves) and <workdir>/model/model.tar.gz.
-    Ctrl-C stops after saving a checkpoint; run the same command again to resume.
+    shows progress per epoch, then evaluates the best epoch on the test split, writes the run's
+    report/ (metrics.json, confusion matrix, learning curves) and model.tar.gz, and copies them to
+    <workdir>/report/ and <workdir>/model/model.tar.gz (the latest finished run).
+    Other settings than the earlier runs': a new run (train2, train3...). Ctrl-C stops after saving
+    a checkpoint; the same command again resumes that run.
     With backend sagemaker it runs as a SageMaker training job on the uploaded split (spot,
     S3 checkpoints) and fetches its model and metrics; a rerun attaches to the running job.
 
@@ -39,17 +47,20 @@ def train(
     loaded = load(config, workdir, sets, flags)
     from bincli.steps.train import run_train
 
-    finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait), json_out, _render)
+    finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait, run_name=run_name, resume=resume),
+           json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
     from bincli.steps.report import render_metrics_table
 
     if not result.get("waiting", True):
-        out.print(f"training job {result['job_name']}: {result['status']}; 'bincli train' again waits for it",
-                  markup=False, soft_wrap=True)
+        out.print(f"run {result['run']}: training job {result['job_name']}: {result['status']}; "
+                  f"'bincli train' again waits for it", markup=False, soft_wrap=True)
         return
     out.print(render_metrics_table(result["report"], title=f"best epoch ({result['best_epoch']}) on the "
                                                            f"{result['split']} split"))
-    out.print(f"model: {result['model']}", markup=False)
-    out.print(f"report: {result['report_dir']}", markup=False)
+    out.print(f"run: {result['run']} ({result['run_dir']})", markup=False, soft_wrap=True)
+    out.print(f"model: {result['model']} (sha256 {result['model_sha256'][:12]}; latest: {result['latest_model']})",
+              markup=False, soft_wrap=True)
+    out.print(f"report: {result['report_dir']}", markup=False, soft_wrap=True)

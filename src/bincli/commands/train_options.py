@@ -14,22 +14,56 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.core.hyperparams import CONFIG_PARAMS, Param
+from bincli.core.hyperparams import CONFIG_PARAMS, Param, show_value
 
 # Typer-only settings that the declaration does not carry.
-_EXTRA: dict[str, dict[str, Any]] = {"weights_file": {"dir_okay": False}}
+_EXTRA: dict[str, dict[str, Any]] = {"weights_file": {"dir_okay": False, "metavar": "FILE"}}
+
+# The help sections of `train --help` / `tune --help`, by meaning; a new hyperparameter must pick one
+# (tests/test_cli_habits.py checks every training flag has a section).
+PANELS: dict[str, tuple[str, ...]] = {
+    "Model": ("model", "pretrained", "weights_file", "freeze", "loss"),
+    "Optimisation": ("epochs", "batch_size", "lr", "optimizer", "scheduler", "warmup_epochs", "weight_decay",
+                     "label_smoothing", "patience"),
+    "Data": ("image_size", "workers", "cache"),
+    "Run and hardware": ("device", "nproc_per_node", "seed"),
+}
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+# What a choice flag sets: its metavar lists the choices ([adamw|sgd]), so the help says the meaning.
+_MEANING = {
+    "model": "Architecture to fine-tune, not a model file",
+    "freeze": "Layers to freeze: the backbone, or the stem and layers up to layerN",
+    "optimizer": "Optimiser",
+    "scheduler": "Learning-rate schedule after warm-up",
+    "device": "Where to train",
+}
+
+# Help that says more here than the declaration's one line does.
+_HELP = {"weights_file": "Local ImageNet weights for --pretrained: a torchvision state_dict (.pth) of the same "
+                         "architecture, not a model.tar.gz."}
+
+
+def _help(p: Param) -> str:
+    if p.name in _HELP:
+        return _HELP[p.name]
+    if p.name in _MEANING:
+        return f"{_MEANING[p.name]} (default {show_value(p.default)})."
+    return p.describe().replace("(default: ", "(default ")  # one way to write defaults, as every other flag
 
 
 def _option(p: Param) -> Any:
     flag = f"--{p.flag}/--no-{p.flag}" if p.type is bool else f"--{p.flag}"
-    info = typer.Option(flag, help=p.describe(), show_default=False, rich_help_panel="Training",
-                        **_EXTRA.get(p.name, {}))
+    extra = dict(_EXTRA.get(p.name, {}))
+    if p.choices:
+        extra["metavar"] = "[" + "|".join(p.choices) + "]"
+    info = typer.Option(flag, help=_help(p), show_default=False, rich_help_panel=PANEL_OF.get(p.name, "Training"),
+                        **extra)
     return Annotated[p.type | None, info]
 
 
 # Annotated types by config key, for a command's signature.
 OPTIONS: dict[str, Any] = {p.name: _option(p) for p in CONFIG_PARAMS}
-
 
 
 def with_training_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -25,7 +25,7 @@ def tune(
     objective: Annotated[str | None, typer.Option("--objective", help="valid_loss (default) or valid_acc.",
                                                   show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per trial (default 3).",
-                                               show_default=False, rich_help_panel="Training")] = None,
+                                               show_default=False, rich_help_panel="Optimisation")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Start the tuning job (or find it running) and "
                                           "return at once; 'bincli tune' again attaches. Backend sagemaker.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the tuning job this workdir started; finished "
@@ -47,6 +47,10 @@ def tune(
     flags.update({"tune.max_jobs": ("--max-jobs", max_jobs), "tune.max_parallel": ("--max-parallel", max_parallel),
                   "tune.objective": ("--objective", objective), "tune.epochs": ("--epochs", epochs)})
     loaded = load(config, workdir, sets, flags)
+    if loaded.config.tune.max_jobs == 0:  # allowed in the config: the pipeline's "no tuning"
+        from bincli.errors import UsageError
+
+        raise UsageError("tune.max_jobs: 0 means no tuning; give 1 or more trials, e.g. --max-jobs 8")
     from bincli.steps.tune import run_tune
 
     options: dict[str, Any] = {"fixed": {key for key, value in fixed.items() if value is not None}}

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load, renamed
 from bincli.console import out
 
 
@@ -16,14 +16,16 @@ def upload(
     json_out: JsonOpt = False,
     sets: SetOpt = None,
     s3_uri: Annotated[str | None, typer.Option(
-        "--s3-uri", help="Where the channels go: s3://bucket/prefix (default: none = local backend, no-op).",
-        show_default=False)] = None,
+        "--s3-uri", help="Where the channels go: s3://bucket/prefix (default none: local backend, no-op).",
+        show_default=False, metavar="URI")] = None,
     layout: Annotated[str | None, typer.Option(
-        "--layout", help="manifest (default: <split>.csv + images/) or folders (<split>/<count>/<id>.jpg).",
-        show_default=False)] = None,
-    endpoint_url: Annotated[str | None, typer.Option(
-        "--endpoint-url", help="S3-compatible server instead of AWS (default: boto3's, e.g. AWS_ENDPOINT_URL).",
-        show_default=False)] = None,
+        "--layout", help="manifest (<split>.csv + images/) or folders (<split>/<count>/<id>.jpg) (default "
+        "manifest).", show_default=False, metavar="[manifest|folders]")] = None,
+    s3_endpoint_url: Annotated[str | None, typer.Option(
+        "--s3-endpoint-url", help="S3-compatible server instead of AWS (default boto3's, e.g. AWS_ENDPOINT_URL).",
+        show_default=False, metavar="URL")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", hidden=True,
+                                                     help="Old name of --s3-endpoint-url.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Concurrent uploads (default 16).",
                                                 show_default=False)] = None,
 ) -> None:
@@ -34,10 +36,11 @@ def upload(
     Incremental: objects already there with the same size and checksum are skipped. With the
     local backend and no --s3-uri nothing moves: the local channel folders are recorded.
 
-    Example: bincli upload --s3-uri s3://my-bucket/abid --endpoint-url http://127.0.0.1:5000
+    Example: bincli upload --s3-uri s3://my-bucket/abid --s3-endpoint-url http://127.0.0.1:5000
     """
+    s3_endpoint_url = renamed(s3_endpoint_url, endpoint_url, "--s3-endpoint-url", "--endpoint-url")
     loaded = load(config, workdir, sets, {
-        "upload.s3_uri": ("--s3-uri", s3_uri), "upload.endpoint_url": ("--endpoint-url", endpoint_url),
+        "upload.s3_uri": ("--s3-uri", s3_uri), "upload.endpoint_url": ("--s3-endpoint-url", s3_endpoint_url),
         "upload.layout": ("--layout", layout),
         "upload.workers": ("--workers", workers),
     })

@@ -40,7 +40,7 @@ class TrainError(RuntimeError):
 class CheckpointError(TrainError):
     """The checkpoint in the checkpoint dir cannot be resumed by this run."""
 
-    hint = "start over with --resume never (bincli train --fresh) or another --checkpoint-dir"
+    hint = "bincli train --fresh starts the run over; a train with other settings starts a new run"
 
 
 # ---------------------------------------------------------------- optimizers and schedules

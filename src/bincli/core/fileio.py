@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,19 +19,31 @@ from typing import Any
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp makes 0600; outputs are read by other users and tools (CI, containers) like any file.
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new `.<name>.<random>.tmp` beside `path`, opened for writing, with the mode any new file
+    gets (0o666 less the umask, as open() and shells make it), not mkstemp's 0600: outputs are read
+    by other users and tools (CI, containers) like any file. The kernel applies the umask, so it is
+    never read (reading it means setting it, which races with other threads)."""
+    for _ in range(tempfile.TMP_MAX):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name beside {path}")
 
 
 def sweep_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:

@@ -49,7 +49,8 @@ from .contract import (
 from .counting import DEFAULT_RANGE_LEVEL
 from .counting import describe as describe_counts
 from .model import build_model
-from .presets import eval_transform
+from .presets import eval_pixels, eval_transform
+from .runtimes import normalize_of
 from .runtimes import select as select_runtime
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,31 @@ class InferenceError(_ToolkitError):
 
 @dataclass
 class LoadedModel:
-    """What model_fn returns: the network, its eval transform and its classes."""
+    """What model_fn returns: the network, its eval transform and its classes.
+
+    The request path runs the eval transform in two halves: `pixels` (presets.eval_pixels: decode's image
+    -> uint8 (3, S, S)) per request, the rest inside the runtime's forward (core/runtimes.py)."""
 
     net: torch.nn.Module
     transform: Any
     classes: ClassSpec
     info: dict[str, Any] = field(default_factory=dict)
     runtime: Any = None  # core.runtimes.Runtime that runs the forward pass (None: the eager net)
+    pixels: Any = None   # the eval transform's first half (None: eval_pixels at info's image_size)
+
+    def __post_init__(self) -> None:
+        if self.pixels is None and "image_size" in self.info:
+            self.pixels = eval_pixels(int(self.info["image_size"]))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for a transformed batch (N, 3, S, S), by the runtime model_fn chose."""
-        return self.runtime(batch) if self.runtime is not None else self.net(batch)
+        """Logits for a batch (N, 3, S, S): uint8 pixels (`pixels`' output) by the runtime model_fn chose;
+        a float batch already through the whole eval `transform` by the eager net (the reference)."""
+        if batch.dtype == torch.uint8:
+            if self.runtime is not None:
+                return self.runtime(batch)
+            batch = normalize_of(self.info)(batch)
+        with torch.inference_mode():
+            return self.net(batch)
 
     @property
     def labels(self) -> list[str]:
@@ -141,7 +156,8 @@ def model_fn(model_dir: str | Path) -> LoadedModel:
     log.info("loaded %s (%s classes %s, %spx) from %s with handler %s", info["arch"], classes.num_classes,
              classes, info["image_size"], model_dir, __file__)
     runtime = select_runtime(net, model_dir, info, int(info["image_size"]))  # fastest that loads; warmed up
-    return LoadedModel(net=net, transform=transform, classes=classes, info=info, runtime=runtime)
+    return LoadedModel(net=net, transform=transform, classes=classes, info=info, runtime=runtime,
+                       pixels=eval_pixels(int(info["image_size"])))
 
 
 def load_net(model_dir: Path, arch: str, num_classes: int) -> torch.nn.Module:
@@ -174,17 +190,22 @@ def input_fn(body: bytes | bytearray | str | None, content_type: str | None) -> 
 def predict_fn(data: Image.Image | list[Image.Image] | torch.Tensor,
                model: LoadedModel) -> dict[str, Any] | list[dict[str, Any]]:
     """The answer dict for an image (a list of them for a list of images, or for a batch tensor
-    (N, 3, S, S) already through the model's eval transform)."""
+    (N, 3, S, S): uint8 pixels from model.pixels, or floats already through the whole eval transform)."""
     if isinstance(data, Image.Image):
-        batch = model.transform(data).unsqueeze(0)
+        batch = model.pixels(data).unsqueeze(0)
     elif isinstance(data, list):
-        batch = torch.stack([model.transform(img) for img in data])
+        batch = torch.stack([model.pixels(img) for img in data])
     else:
         batch = data
+    return answer_logits(model, model.forward(batch), single=isinstance(data, Image.Image))
+
+
+def answer_logits(model: LoadedModel, logits: torch.Tensor, single: bool = False):
+    """The answers for a batch's logits (the first alone when `single`)."""
     with torch.inference_mode():
-        probs = torch.softmax(model.forward(batch).float() / model.temperature, dim=1)
+        probs = torch.softmax(logits.float() / model.temperature, dim=1)
     answers = [model.describe(p) for p in probs]
-    return answers[0] if isinstance(data, Image.Image) else answers
+    return answers[0] if single else answers
 
 
 def output_fn(prediction: Any, accept: str | None) -> tuple[str, str]:

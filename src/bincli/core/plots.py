@@ -28,6 +28,7 @@ _BLUE = np.array([31, 119, 180])
 _ORANGE = (255, 127, 14)
 _GREY = (200, 200, 200)
 _DARK = (40, 40, 40)
+_GREEN = (44, 160, 44)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -49,10 +50,13 @@ def confusion_matrix_image(cm: Sequence[Sequence[int]], labels: Sequence[str],
     k = len(labels)
     cell = 64 if k <= 8 else max(24, 512 // k)
     left, top, pad = 90, 70, 30
-    size = (left + k * cell + pad, top + k * cell + 60)
+    f_title, f_cell, f_axis = _font(18), _font(max(10, cell // 4)), _font(14)
+    caption = "predicted count (columns)  /  true count (rows)"
+    # as wide as the title and the caption too ("train run: confusion matrix (test split)" over 2 classes)
+    size = (max(left + k * cell + pad, int(f_title.getlength(title)) + 40, int(f_axis.getlength(caption)) + 20),
+            top + k * cell + 60)
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    f_title, f_cell, f_axis = _font(18), _font(max(10, cell // 4)), _font(14)
     _text(draw, (size[0] / 2, 22), title, f_title)
     rows = cm_arr.sum(axis=1, keepdims=True)
     share = np.divide(cm_arr, rows, out=np.zeros(cm_arr.shape, dtype=float), where=rows > 0)
@@ -68,8 +72,8 @@ def confusion_matrix_image(cm: Sequence[Sequence[int]], labels: Sequence[str],
                 _text(draw, (x0 + cell / 2, y0 + cell * 0.72), f"{share[i, j]:.0%}", _font(10), fill=ink)
         _text(draw, (left - 12, top + i * cell + cell / 2), labels[i], f_axis, anchor="rm")
         _text(draw, (left + i * cell + cell / 2, top - 12), labels[i], f_axis, anchor="ms")
-    _text(draw, (left + k * cell / 2, top + k * cell + 28), "predicted count (columns)  /  true count (rows)",
-          f_axis)
+    half = f_axis.getlength(caption) / 2 + 6  # centred under the cells, but inside the image
+    _text(draw, (min(max(left + k * cell / 2, half), size[0] - half), top + k * cell + 28), caption, f_axis)
     return img
 
 
@@ -85,11 +89,22 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(start + i * step, 10) for i in range(int((hi - start) / step + 1e-9) + 1)]
 
 
-def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], epochs: list[int],
-           series: dict[str, list[float | None]], title: str) -> None:
+def _vertical_text(img: Image.Image, xy: tuple[float, float], text: str, font, fill=_DARK) -> None:
+    """`text` turned 90 degrees (read bottom to top) and centred on xy: a y-axis label."""
+    left, top, right, bottom = font.getbbox(text)
+    label = Image.new("RGBA", (right - left + 2, bottom - top + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(label).text((1 - left, 1 - top), text, font=font, fill=fill)
+    label = label.rotate(90, expand=True)
+    img.paste(label, (round(xy[0] - label.width / 2), round(xy[1] - label.height / 2)), label)
+
+
+def _panel(img: Image.Image, box: tuple[int, int, int, int], epochs: list[int],
+           series: dict[str, list[float | None]], title: str, ylabel: str, best_epoch: int | None = None) -> None:
     x0, y0, x1, y1 = box
+    draw = ImageDraw.Draw(img)
     f_axis, f_title = _font(12), _font(15)
     _text(draw, ((x0 + x1) / 2, y0 - 18), title, f_title)
+    _vertical_text(img, (x0 - 52, (y0 + y1) / 2), ylabel, _font(13))
     values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
     draw.rectangle(box, outline=_DARK)
     if not values or not epochs:
@@ -114,25 +129,42 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], epochs: li
         x, _ = px(e, lo)
         _text(draw, (x, y1 + 6), str(e), f_axis, anchor="mt")
     _text(draw, ((x0 + x1) / 2, y1 + 26), "epoch", f_axis, anchor="mt")
-    for (name, vs), colour in zip(series.items(), (tuple(int(c) for c in _BLUE), _ORANGE), strict=False):
+    marked = best_epoch is not None and e_lo <= best_epoch <= e_hi
+    if marked:  # under the curves: the epoch whose weights were kept (the lowest valid loss)
+        bx, _ = px(best_epoch, lo)
+        for y in range(y0 + 2, y1, 8):
+            draw.line((bx, y, bx, min(y + 4, y1)), fill=_GREEN, width=2)
+    colours = (tuple(int(c) for c in _BLUE), _ORANGE)
+    for vs, colour in zip(series.values(), colours, strict=False):
         pts = [px(e, v) for e, v in zip(epochs, vs, strict=True) if v is not None and math.isfinite(v)]
         if len(pts) > 1:
             draw.line(pts, fill=colour, width=2)
         for x, y in pts:
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-        ly = y0 + 10 + 16 * list(series).index(name)
-        draw.line((x1 - 120, ly, x1 - 100, ly), fill=colour, width=3)
-        _text(draw, (x1 - 95, ly), name, f_axis, anchor="lm")
+    # The legend in a row under the axis, where no curve can hide it (or it a curve).
+    entries = [(name, colour, False) for name, colour in zip(series, colours, strict=False)]
+    if marked:
+        entries.append((f"best epoch ({best_epoch})", _GREEN, True))
+    widths = [25 + draw.textlength(name, font=f_axis) for name, _, _ in entries]
+    lx, ly = (x0 + x1 - sum(widths) - 16 * (len(entries) - 1)) / 2, y1 + 52
+    for (name, colour, dashed), width in zip(entries, widths, strict=True):
+        if dashed:
+            draw.line((lx + 10, ly - 6, lx + 10, ly + 6), fill=colour, width=2)
+        else:
+            draw.line((lx, ly, lx + 20, ly), fill=colour, width=3)
+        _text(draw, (lx + 25, ly), name, f_axis, anchor="lm")
+        lx += width + 16
 
 
-def learning_curves_image(history: Sequence[dict[str, Any]]) -> Image.Image:
-    """Loss and accuracy per epoch, train vs valid, from the per-epoch metric rows."""
+def learning_curves_image(history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Image.Image:
+    """Loss and accuracy per epoch, train vs valid, from the per-epoch metric rows; `best_epoch`
+    (the epoch whose weights training kept) is marked with a dashed vertical line."""
     epochs = [int(row["epoch"]) for row in history]
-    img = Image.new("RGB", (900, 380), "white")
-    draw = ImageDraw.Draw(img)
-    for box, kind in (((70, 50, 430, 320), "loss"), ((520, 50, 880, 320), "acc")):
+    img = Image.new("RGB", (900, 400), "white")
+    for box, kind in (((80, 50, 430, 320), "loss"), ((540, 50, 890, 320), "acc")):
         series = {f"{split}_{kind}": [row.get(f"{split}_{kind}") for row in history] for split in ("train", "valid")}
-        _panel(draw, box, epochs, series, "loss (cross-entropy)" if kind == "loss" else "accuracy")
+        _panel(img, box, epochs, series, "loss (cross-entropy)" if kind == "loss" else "accuracy",
+               "loss" if kind == "loss" else "accuracy", best_epoch)
     return img
 
 
@@ -147,8 +179,8 @@ def write_confusion_png(path: str | Path, metrics: dict[str, Any], title: str = 
                                                                      metrics["labels"], title)))
 
 
-def write_curves_png(path: str | Path, history: Sequence[dict[str, Any]]) -> Path:
-    return atomic_write_bytes(path, png_bytes(learning_curves_image(history)))
+def write_curves_png(path: str | Path, history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Path:
+    return atomic_write_bytes(path, png_bytes(learning_curves_image(history, best_epoch)))
 
 
 def _unit_axes(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], xlabel: str, ylabel: str,

@@ -17,13 +17,21 @@ from .contract import IMAGENET_MEAN, IMAGENET_STD
 
 def eval_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """Resize the whole bin to image_size x image_size (no crop: items sit near the edges)."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((image_size, image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    """Resize the whole bin to image_size x image_size (no crop: items sit near the edges).
+
+    Made of its two halves, which the serving path runs apart: eval_pixels on the request's thread,
+    eval_normalize inside the inference graph (artifacts/export.py) or the runtime (core/runtimes.py)."""
+    return v2.Compose([*eval_pixels(image_size).transforms, *eval_normalize(mean, std).transforms])
+
+
+def eval_pixels(image_size: int) -> v2.Compose:
+    """The eval preset's first half: the image (PIL or uint8 CHW) -> uint8 (3, S, S)."""
+    return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
+
+
+def eval_normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """The eval preset's second half: uint8 (..., 3, S, S) -> normalized float32; works on batches."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
 
 
 def train_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,

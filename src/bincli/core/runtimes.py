@@ -11,6 +11,11 @@
 Measured on 2 CPUs, resnet18 at 224 px (issue 14): eager 26-28 ms / 41 img/s at batch 8, channels_last
 24 ms / 50 img/s, TorchScript frozen 22 ms / 58 img/s, ONNX Runtime 17 ms / 58 img/s.
 
+Every runtime takes what the request path makes, uint8 pixels (N, 3, S, S) from presets.eval_pixels, and
+runs the rest of the ONE eval preset (presets.eval_normalize: to float, normalize) itself: in the ONNX
+graph (exported with it, artifacts/export.py), else in torch before the net. So serving has no torch op
+per request before the forward when ONNX Runtime serves, and the answers are the eval preset's.
+
 A runtime is kept only if it loads, runs and agrees with the eager net on a probe batch (logits within
 PROBE_TOLERANCE): a missing, corrupt or mismatched graph falls through to the next runtime, with one
 log line saying why. BINCLI_RUNTIME (e.g. "torchscript,eager") narrows the order, for tests and benches.
@@ -29,41 +34,66 @@ from typing import Any
 
 import torch
 
-from .contract import GRAPH_KEY
+from .contract import GRAPH_KEY, IMAGENET_MEAN, IMAGENET_STD
+from .presets import eval_normalize
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("onnxruntime", "torchscript", "eager")  # the fixed order: fastest first
 RUNTIME_ENV = "BINCLI_RUNTIME"
 PROBE_TOLERANCE = 1e-3          # logits; probabilities then agree far inside the 1e-4 the answers promise
+# ONNX Runtime's pool threads spin while a forward runs (fast hand-offs between its ops), but not after
+# it, when the server's decoding and HTTP need the cores (2 CPUs, loaded machine, one client: 55 ms of
+# server CPU per request against 59 with ORT's default, the same p50; turning spinning off altogether
+# saved more CPU there; ORT spins by default for a faster forward, not measured quiet here).
+ORT_CONFIG = {"session.force_spinning_stop": "1"}
 
 
 class Runtime:
-    """A forward pass: a float batch (N, 3, S, S) -> float logits (N, classes). Thread-safe."""
+    """A forward pass: uint8 pixels (N, 3, S, S) -> float logits (N, classes). Thread-safe."""
 
     name = "runtime"
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class PixelNet(torch.nn.Module):
+    """The net behind the eval preset's second half: what the ONNX graph holds (artifacts/export.py)."""
+
+    def __init__(self, net: torch.nn.Module, normalize: Any):
+        super().__init__()
+        self.net, self.normalize = net, normalize
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(pixels))
+
+
+def normalize_of(info: dict[str, Any]) -> Any:
+    """The eval preset's second half with the model's mean and std (model_info.json)."""
+    return eval_normalize(info.get("mean") or IMAGENET_MEAN, info.get("std") or IMAGENET_STD)
 
 
 class EagerRuntime(Runtime):
     name = "eager"
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, normalize: Any):
         self.net = net.to(memory_format=torch.channels_last).eval()
+        self.normalize = normalize
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.net(batch.contiguous(memory_format=torch.channels_last)).float()
+            return self.net(self.normalize(pixels).contiguous(memory_format=torch.channels_last)).float()
 
 
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, normalize: Any):
         import copy
         import warnings
+
+        self.normalize = normalize
 
         # freeze folds the weights into the graph: a copy, so `net` stays as it was. torch 2.14 marks
         # TorchScript deprecated (FutureWarning): it still runs, and it is what the container's torch has.
@@ -72,15 +102,15 @@ class TorchScriptRuntime(Runtime):
             frozen = torch.jit.freeze(torch.jit.script(copy.deepcopy(net).eval()))
             self.graph = torch.jit.optimize_for_inference(frozen)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.graph(batch).float()
+            return self.graph(self.normalize(pixels)).float()
 
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, normalize: Any):
         # Read once, at import: without it onnxruntime 1.32 writes a telemetry session file (.ses) into
         # TMPDIR, outside the folders a server may write to.
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -90,11 +120,19 @@ class OnnxRuntime(Runtime):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()  # as torch would use: one knob for both
         options.log_severity_level = 3  # warnings about unused initializers are noise here
+        for key, value in ORT_CONFIG.items():
+            options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input = graph_input.name
+        # Graphs exported before the preset's second half moved into them take normalized floats.
+        self.normalize = None if graph_input.type == "tensor(uint8)" else normalize
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.detach().to(torch.float32).contiguous().numpy()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            with torch.inference_mode():
+                pixels = self.normalize(pixels)
+        x = pixels.detach().contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self.input: x})[0])
 
 
@@ -121,16 +159,17 @@ def graph_path(model_dir: Path, info: dict[str, Any]) -> Path | None:
 
 
 def build(name: str, net: torch.nn.Module, model_dir: Path, info: dict[str, Any]) -> Runtime:
+    normalize = normalize_of(info)
     if name == "onnxruntime":
         path = graph_path(model_dir, info)
         if path is None:
             raise FileNotFoundError("model_info.json names no ONNX graph (an archive packaged before graphs)")
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is missing")
-        return OnnxRuntime(path)
+        return OnnxRuntime(path, normalize)
     if name == "torchscript":
-        return TorchScriptRuntime(net)
-    return EagerRuntime(net)
+        return TorchScriptRuntime(net, normalize)
+    return EagerRuntime(net, normalize)
 
 
 def select(net: torch.nn.Module, model_dir: Path, info: dict[str, Any], image_size: int,
@@ -140,9 +179,9 @@ def select(net: torch.nn.Module, model_dir: Path, info: dict[str, Any], image_si
     `net` is the eager model with its weights (the reference; eager channels_last is the last resort)."""
     order = tuple(order) if order is not None else available()
     probe = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, image_size, image_size, generator=probe)
+    x = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8, generator=probe)
     with torch.inference_mode():
-        reference = net.eval()(x).float()
+        reference = net.eval()(normalize_of(info)(x)).float()
     skipped = []
     for name in order:
         t0 = time.perf_counter()
@@ -163,13 +202,13 @@ def select(net: torch.nn.Module, model_dir: Path, info: dict[str, Any], image_si
                  f"; skipped {', '.join(skipped)}" if skipped else "", time.perf_counter() - t0)
         return runtime
     log.warning("no runtime of %s loaded; serving eager", ",".join(order))
-    return warm_up(EagerRuntime(net), image_size)
+    return warm_up(EagerRuntime(net, normalize_of(info)), image_size)
 
 
 def warm_up(runtime: Runtime, image_size: int, batches: Sequence[int] = (1, 1, 8)) -> Runtime:
     """A few passes at the sizes served, so the first requests pay for no allocator/kernel/graph setup."""
     for n in batches:
-        runtime(torch.zeros(n, 3, image_size, image_size))
+        runtime(torch.zeros(n, 3, image_size, image_size, dtype=torch.uint8))
     return runtime
 
 

@@ -448,9 +448,9 @@ def resume(ckpts: Checkpoints, t: Training) -> Progress:
         if args.eval_only:
             log.info("evaluating the best model (epoch %d) of %s", p.best_epoch, ckpts.directory)
         elif p.finished:
-            log.info("nothing to resume: the run in %s finished at epoch %d (%s); writing the model from "
-                     "its best epoch (%d). To train from scratch: --resume never (bincli train --fresh)",
-                     ckpts.directory, ckpt["epoch"], p.stop_reason, p.best_epoch)
+            log.info("nothing to resume: this run finished at epoch %d (%s); writing the model from "
+                     "its best epoch (%d). To train it from scratch: bincli train --fresh",
+                     ckpt["epoch"], p.stop_reason, p.best_epoch)
         else:
             where = f" after {p.start_sample} samples" if p.start_sample else ""
             log.info("resuming from %s at epoch %d%s", ckpts.last, p.start_epoch, where)
@@ -631,7 +631,7 @@ def write_outputs(dirs: Dirs, state: dict[str, torch.Tensor], metrics: dict[str,
     atomic_write_json(dirs.model / MODEL_INFO_FILE, info)
     atomic_write_json(dirs.output / METRICS_FILE, metrics)
     if metrics["history"]:
-        write_curves_png(dirs.output / CURVES_PNG, metrics["history"])
+        write_curves_png(dirs.output / CURVES_PNG, metrics["history"], best_epoch=metrics["best_epoch"])
     split = "test" if "test" in metrics else ("valid" if "valid" in metrics else None)
     if split:
         write_confusion_png(dirs.output / CONFUSION_PNG, metrics[split], f"confusion matrix ({split} split)")

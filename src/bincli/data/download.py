@@ -266,7 +266,7 @@ class Downloader:
 
                 error = explain(exc, f"listing s3://{self.cfg.bucket}/{abid.METADATA_PREFIX}")
                 if isinstance(exc, EndpointConnectionError):  # offline, or the stand-in is not running
-                    error.hint = (f"{error.hint}; without internet, point download.endpoint_url (--endpoint-url) "
+                    error.hint = (f"{error.hint}; without internet, point download.endpoint_url (--s3-endpoint-url) "
                                   "at an S3-compatible server holding the ABID layout, e.g. the bucket stand-in "
                                   "shared/tools/abid_mirror.py (README: make demo)")
                 raise error from None
@@ -274,7 +274,7 @@ class Downloader:
         ids = sorted(set(found))
         if not ids:
             raise DataError(f"s3://{self.cfg.bucket}/{abid.METADATA_PREFIX} lists no metadata files",
-                            hint="check --bucket and --endpoint-url")
+                            hint="check --bucket and --s3-endpoint-url")
         return ids
 
     def _label_of(self, id_: str) -> Candidate:
@@ -401,7 +401,7 @@ def run_download(cfg: DownloadConfig, workdir: Path, ids: list[str] | None = Non
             state.record("download", outputs, cfg.model_dump(mode="json"))
     else:
         raise DownloadFailed(f"nothing usable came down: {result['failed']} of {len(outcomes)} id(s) failed "
-                             f"(see {result['report']})", result, hint="check --endpoint-url, --bucket and the ids")
+                             f"(see {result['report']})", result, hint="check --s3-endpoint-url, --bucket and the ids")
     if cfg.strict and result["failed"]:
         raise DownloadFailed(f"{result['failed']} id(s) failed and --strict is on (see {result['report']})", result)
     return result

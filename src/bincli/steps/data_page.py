@@ -3,36 +3,22 @@ data: URIs), so it opens from disk, can be mailed, and never makes a network req
 
 from __future__ import annotations
 
-import base64
-import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bincli.steps.html_page import CSS as BASE_CSS
+from bincli.steps.html_page import data_uri, esc, img_file, page, table
 
 THUMB_PX = 128  # thumbnail width
 MAX_GROUPS_SHOWN = 40  # near-duplicate groups with pictures (all are listed in data-summary.json)
 MAX_GROUP_THUMBS = 8  # pictures per group
 
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
-h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-.alarm{background:#fde8e8;border:2px solid #c62828;padding:10px 14px;color:#8e0000;font-weight:600}
-.ok{background:#e8f5e9;border:1px solid #81c784;padding:8px 12px}
+CSS = BASE_CSS + """
 .sheet{display:flex;flex-wrap:wrap;gap:6px}.sheet figure{margin:0;width:THUMBpx;font-size:11px;text-align:center}
 .sheet img{width:THUMBpx;display:block}.group{border:1px solid #ccc;padding:6px;margin:6px 0}
-.muted{color:#666}img.fig{max-width:100%}
 """.replace("THUMB", str(THUMB_PX))
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def thumbnail_uri(path: Path) -> str | None:
@@ -49,12 +35,6 @@ def thumbnail_uri(path: Path) -> str | None:
     except Exception:  # a photo that vanished or broke since it was surveyed: the page still renders
         return None
     return data_uri(buf.getvalue(), "image/jpeg")
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def sheet(ids: Sequence[str], images: dict[str, Path], caption) -> str:
@@ -91,7 +71,7 @@ def render_page(summary: dict[str, Any], pngs: dict[str, Path], images: dict[str
     elif s["splits"]:
         parts.append('<p class="ok">No near-duplicate group spans two splits.</p>')
 
-    parts.append("<h2>Classes</h2>" + _img(pngs["classes"], "class histogram"))
+    parts.append("<h2>Classes</h2>" + img_file(pngs["classes"], "class histogram"))
     hist = s["classes"]["by_class"]
     parts.append(table(["items in bin", "images", "share"],
                        [(k, v, f"{v / s['images']:.1%}") for k, v in hist.items()]))
@@ -104,14 +84,14 @@ def render_page(summary: dict[str, Any], pngs: dict[str, Path], images: dict[str
                            [(n, sp[n]["images"], "" if sp[n]["majority_accuracy"] is None
                              else f"{sp[n]['majority_accuracy']:.1%}") for n in ("train", "valid", "test")]))
 
-    parts.append("<h2>Sizes</h2>" + _img(pngs["sizes"], "sizes"))
+    parts.append("<h2>Sizes</h2>" + img_file(pngs["sizes"], "sizes"))
     parts.append(table(["", "min", "median", "mean", "max"],
                        [_stats_row("width px", s["sizes"]["width"]), _stats_row("height px", s["sizes"]["height"]),
                         _stats_row("file kB", s["sizes"]["kb"])]))
     parts.append("<p>Commonest sizes: " + esc(", ".join(f"{c['size']} ({c['images']})"
                                                        for c in s["sizes"]["commonest"])) + "</p>")
 
-    parts.append("<h2>Brightness and contrast</h2>" + _img(pngs["light"], "brightness and contrast"))
+    parts.append("<h2>Brightness and contrast</h2>" + img_file(pngs["light"], "brightness and contrast"))
     per = s["light"]["per_class"]
     parts.append(table(["items in bin", "images", "luma median", "luma mean", "contrast median", "contrast mean"],
                        [(k, v["images"], v["luma"]["median"], v["luma"]["mean"], v["contrast"]["median"],
@@ -162,9 +142,4 @@ def render_page(summary: dict[str, Any], pngs: dict[str, Path], images: dict[str
     parts.append(f"<h2>Left out ({len(s['problems'])})</h2>")
     parts.append(table(["id", "reason"], [(p["id"], p["reason"]) for p in s["problems"]]) if s["problems"]
                  else "<p>None.</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bincli data report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-
-
-def _img(path: Path, alt: str) -> str:
-    return f'<img class="fig" alt="{esc(alt)}" src="{data_uri(Path(path).read_bytes(), "image/png")}">'
+    return page("bincli data report", parts, CSS)

@@ -97,7 +97,14 @@ def run_inspect(cfg: Config, use_split: bool = False, model: Path | None = None,
     if model_tar is not None:
         summary["model"] = _model_losses(Path(model_tar), workdir, {i: image_files[i] for i in facts},
                                          {i: f.sha256 for i, f in facts.items()}, counts, cfg.inspect.top_losses)
-    return _write(cfg, summary, {i: image_files[i] for i in facts}, counts)
+    summary = _write(cfg, summary, {i: image_files[i] for i in facts}, counts)
+    dup = summary["duplicates"]
+    state.record("inspect", {  # what `status` and `pipeline` show; the page has the rest
+        "data_root": summary["data_root"], "images": summary["images"], "problems": len(summary["problems"]),
+        "majority": summary["classes"]["majority"], "exact_duplicate_groups": len(dup["exact"]),
+        "near_duplicate_groups": len(dup["near"]), "leaking_groups": len(dup["leaking"]),
+        "page": summary["page"], "report_dir": summary["report_dir"]}, cfg.inspect.model_dump(mode="json"))
+    return summary
 
 
 # ---------------------------------------------------------------- inputs from state

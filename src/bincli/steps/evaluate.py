@@ -8,7 +8,9 @@ matrix; MAE/RMSE of the argmax, median and expected count, calibration error, ac
 coverage, total-count error) next to the majority-class baseline of the training split: the table
 `bincli train` prints. Both paths give the same numbers.
 
-Writes <workdir>/report/evaluate-<split>/: metrics.json, confusion-matrix.png, reliability.png,
+Writes `<run>/evaluate-<split>/` in the run folder the evaluated model came from (a model of no
+run here, e.g. --model elsewhere or --endpoint-url: <workdir>/report/evaluate-<split>/):
+metrics.json (naming the run and the model's sha256), confusion-matrix.png, reliability.png,
 accuracy-coverage.png and predictions.csv (one row per image: id, path, true and predicted count,
 confidence, error, expected count, count range).
 """
@@ -25,8 +27,9 @@ from typing import Any
 from bincli.config import Config
 from bincli.core.metrics import SUMMARY
 from bincli.errors import DataError, UsageError
-from bincli.layout import REPORT_DIR, under
+from bincli.layout import EVALUATE_PREFIX, MODEL_TAR, REPORT_DIR, under
 from bincli.state import State
+from bincli.steps import runs
 from bincli.steps.predict import map_concurrently
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -105,10 +108,28 @@ def _check_model_did_not_see(state: State, split: dict[str, Any], split_name: st
     check_not_trained_on(read_model_info(Path(model)), (s.id for s in samples), split_name, str(model))
 
 
+def _which_model(state: State, model: Path | None, endpoint: str | None,
+                 endpoint_url: str | None) -> tuple[str | None, Path | None]:
+    """(sha256 of the model evaluated, the run folder it came from): None, None where unknown (an
+    endpoint of another workspace, or another endpoint than the one deployed from here)."""
+    if model is not None:
+        sha = runs.file_sha256(model) if Path(model).is_file() else None
+        return sha, runs.run_of_model(state.workdir, model, sha)
+    deployed = state.outputs("deploy") or {}
+    if endpoint_url is not None or not deployed or endpoint not in (None, deployed.get("endpoint"),
+                                                                       deployed.get("name")):
+        return None, None
+    sha, path = deployed.get("model_sha256"), deployed.get("model")
+    if sha is None and path and Path(path).is_file():
+        sha = runs.file_sha256(Path(path))
+    return sha, runs.run_of_model(state.workdir, path, sha)
+
+
 def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = None, endpoint_url: str | None = None,
                  model: Path | None = None, in_process: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Evaluate the model on one split. `in_process` uses the trained model (state 'train') in this process."""
+                 progress: Callable[[int, int], None] | None = None, run: str | None = None) -> dict[str, Any]:
+    """Evaluate the model on one split. `in_process` uses the trained model (state 'train': the
+    latest finished run) in this process; `run` that run's model."""
     from bincli.core.classes import ClassSpec
     from bincli.core.fileio import atomic_write_text
     from bincli.steps.report import write_report
@@ -117,6 +138,13 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
     split = state.require("split", needed_by="evaluate")
     spec = ClassSpec.parse(split["classes"])
     samples = _samples(split, split_name, spec)
+    if run is not None:
+        if model is not None:
+            raise UsageError("--run and --model both name a model: give one of them")
+        model = runs.run_dir(cfg.workdir, runs.check_name(run, flag="--run")) / MODEL_TAR
+        if not model.is_file():
+            known = ", ".join(p.name for p in runs.list_runs(cfg.workdir)) or "none yet"
+            raise UsageError(f"--run {run}: no finished run of that name (no {model}; runs: {known})")
     if in_process and model is None:
         model = Path(state.require("train", needed_by="evaluate --in-process")["model"])
     _check_model_did_not_see(state, split, split_name, samples, model, endpoint_url)
@@ -125,14 +153,17 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
                          "do not combine them with --endpoint/--endpoint-url")
     where, answers = _answer_all(cfg, samples, spec, endpoint, endpoint_url, model, progress)
     failed = [(s, a) for s, a in zip(samples, answers, strict=True) if "error" in a]
-    report = _score(split, split_name, spec, samples, answers, where)
+    sha256, run_path = _which_model(state, model, endpoint, endpoint_url)
+    report = {"run": run_path.name if run_path else None, "model_sha256": sha256,
+              **_score(split, split_name, spec, samples, answers, where)}
 
-    out_dir = under(cfg.workdir, REPORT_DIR, f"evaluate-{split_name}")
-    paths = write_report(report, out_dir)
+    out_dir = (run_path if run_path else under(cfg.workdir, REPORT_DIR)) / f"{EVALUATE_PREFIX}{split_name}"
+    paths = write_report(report, out_dir, source="evaluate")
     predictions = out_dir / PREDICTIONS_FILE
     atomic_write_text(predictions, _predictions_csv(samples, answers, spec))
     outputs = {
         "split": split_name, "source": where, "n": report["n"], "failed": len(failed),
+        "run": report["run"], "model_sha256": sha256,
         **{k: report[k] for k in SUMMARY},
         "baseline_accuracy": report["baseline"]["accuracy"] if report["baseline"] else None,
         "mae_median": report["count_errors"]["median"]["mae"],
@@ -142,6 +173,8 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
         "figures": {k: v for k, v in paths.items() if k != "metrics"},
     }
     state.record("evaluate", outputs, {"split": split_name, "concurrency": cfg.predict.concurrency})
+    if run_path is not None:
+        runs.write_page(run_path)
     return {**outputs, "errors": [{"id": s.id, "path": str(s.path), **a} for s, a in failed], "report": report}
 
 

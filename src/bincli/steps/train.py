@@ -1,9 +1,11 @@
 """The `train` step, shared by both backends: hyperparameters in, report and model.tar.gz out.
 
 The step checks the split, turns the train config (or tune's best trial) into the entry point's
-hyperparameters, hands them to the backend (a child process here, a SageMaker training job
-there), then writes `<workdir>/report/`, packages `<workdir>/model/model.tar.gz` and records
-state "train" from the run folder the backend leaves (model/ and output/, as a training job does).
+hyperparameters, picks the run folder (steps/runs.py: the run with these settings, else a new
+one), hands them to the backend (a child process here, a SageMaker training job there), then
+from the run folder the backend leaves (model/ and output/, as a training job does) packages
+`<run>/model.tar.gz`, writes `<run>/report/` (naming the run and the model's sha256), copies
+both to `<workdir>/model/` and `<workdir>/report/` (the latest finished run) and records state "train".
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from bincli.core.contract import METRICS_FILE
 from bincli.core.metrics import SUMMARY
 from bincli.errors import BincliError, DataError, StateError
 from bincli.hyperparameters import hyperparameters_from
-from bincli.layout import MODEL_DIR, MODEL_TAR, REPORT_DIR, under
+from bincli.layout import MODEL_TAR, REPORT_DIR, under
 from bincli.state import State
+from bincli.steps import runs
 from bincli.steps.leakage import check_split_is_disjoint, record_training_split
 
 
 def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait: bool = True,
-              console=None, live: bool | None = None) -> dict[str, Any]:
-    """The whole step. Returns the result (also recorded in state as 'train')."""
+              console=None, live: bool | None = None, run_name: str | None = None,
+              resume: str | None = None) -> dict[str, Any]:
+    """The whole step. Returns the result (also recorded in state as 'train').
+
+    `run_name`: train into that run (a new one, or an existing one with the same settings);
+    `resume`: continue that run ('last': the latest) with the settings it was started with;
+    neither: the latest run with these settings continues, else a new run starts."""
     from bincli.console import err
 
     backend = get_backend(cfg)
@@ -45,13 +53,28 @@ def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait
         raise DataError("the split has neither a test nor a valid set to evaluate the model on",
                         hint="split again with a test share, e.g. --ratios 0.8 0.1 0.1")
     check_split_is_disjoint(split)
-    hp = hyperparameters_from(cfg.train, tuned_hyperparameters(state) if from_tune else None)
-    hp["classes"] = split["classes"]
-    run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err, live=live)
+    split_fp = runs.split_fingerprint(split)
+    train_section = cfg.train.model_dump(mode="json")
+    if resume:
+        chosen = runs.choose(workdir, {}, resume=resume, run_name=run_name)
+        hp, from_tune = runs.saved_hyperparameters(chosen, split_fp, hyperparameters_from(cfg.train))
+        train_section = (runs.read_config(chosen.dir) or {}).get("train") or train_section
+    else:
+        hp = hyperparameters_from(cfg.train, tuned_hyperparameters(state) if from_tune else None)
+        hp["classes"] = split["classes"]
+        chosen = runs.choose(workdir, runs.settings(hp, split_fp), run_name=run_name, fresh=fresh)
+    if fresh:
+        runs.clear_outputs(chosen.dir)
+    runs.write_config(chosen, train_section, hp, from_tune, split_fp)
+    if chosen.existed and not fresh:
+        (console or err).print(f"run {chosen.name} ({chosen.dir}) has these settings: continuing it",
+                               markup=False, highlight=False, soft_wrap=True)
+    run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err, live=live,
+                        run_dir=chosen.dir)
     if run.pending is not None:
-        return {**run.pending, "waiting": False}
+        return {**run.pending, "run": chosen.name, "run_dir": str(chosen.dir), "waiting": False}
     return {**finish_training(state, cfg.train, hp, run.run_dir, workdir, split, publish=run.publish,
-                              log_path=run.log_path), **run.extra}
+                              log_path=run.log_path, from_tune=from_tune), **run.extra}
 
 
 def tuned_hyperparameters(state: State) -> dict[str, Any]:
@@ -65,10 +88,12 @@ def tuned_hyperparameters(state: State) -> dict[str, Any]:
 
 def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_dir: Path, workdir: Path,
                     split: Mapping[str, Any], publish: Callable[[Path], dict[str, Any]] | None = None,
-                    log_path: Path | None = None) -> dict[str, Any]:
-    """From a finished run dir (model/ and output/ as a training job leaves them): the report, the
-    packaged model.tar.gz and the 'train' state record. Shared by both backends; `publish` (the
-    sagemaker backend) puts the packaged model where deploy needs it and returns outputs to record."""
+                    log_path: Path | None = None, from_tune: bool = False) -> dict[str, Any]:
+    """From a finished run dir (model/ and output/ as a training job leaves them): the packaged
+    <run>/model.tar.gz, the report <run>/report/, their copies as the workspace's latest
+    (<workdir>/model/, <workdir>/report/) and the 'train' state record. Shared by both backends;
+    `publish` (the sagemaker backend) puts the packaged model where deploy needs it and returns
+    outputs to record."""
     from bincli.artifacts.bundle import package_model
     from bincli.core.metrics import summary
     from bincli.steps.report import write_report
@@ -89,12 +114,20 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
         "epochs_run": job["epochs_run"], "stop_reason": job.get("stop_reason"),
         "hyperparameters": job.get("hyperparameters"), "calibration": job.get("calibration"),
     }
-    report_dir = under(workdir, REPORT_DIR)
-    paths = write_report(report, report_dir)
     trained_on = record_training_split(run_dir / "model", split)
-    tar = package_model(run_dir / "model", under(workdir, MODEL_DIR, MODEL_TAR))
+    tar = Path(package_model(run_dir / "model", run_dir / MODEL_TAR)).resolve()
+    sha256 = runs.file_sha256(tar)
+    report = {"run": run_dir.name, "model_sha256": sha256, **report}  # which model these numbers are of
+    report_dir = run_dir / REPORT_DIR
+    paths = write_report(report, report_dir, source="train run")
+    latest = runs.publish_latest(workdir, run_dir, paths)
     outputs = {
-        "model": str(Path(tar).resolve()),
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "model": str(tar),
+        "model_sha256": sha256,
+        "latest_model": str(latest),
+        "latest_report_dir": str(under(workdir, REPORT_DIR)),
         "model_dir": str(run_dir / "model"),
         "report_dir": str(report_dir),
         "metrics": paths["metrics"],
@@ -113,6 +146,8 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
         "figures": {k: v for k, v in paths.items() if k != "metrics"},
     }
     if publish is not None:
-        outputs.update(publish(Path(tar)))
-    state.record("train", outputs, cfg.model_dump(mode="json"))
+        outputs.update(publish(tar))
+    # Made from tune's record only when its best hyperparameters were used (freshness, status).
+    state.record("train", outputs, cfg.model_dump(mode="json"), reads=("split", "tune") if from_tune else ("split",))
+    runs.write_page(run_dir)
     return {**outputs, "report": report}

@@ -16,16 +16,18 @@ from typing import Any
 from bincli.backends import BaseBackend, TrainingRun
 from bincli.backends.runtime import EndpointPredictor
 
+PING_TIMEOUT_S = 1.0  # `bincli status` asks a local endpoint whether it answers: it should be quick
+
 
 class LocalBackend(BaseBackend):
     name = "local"
 
     def train(self, hp: Mapping[str, Any], split: Mapping[str, Any], *, from_tune: bool, fresh: bool, wait: bool,
-              console: Any, live: bool | None) -> TrainingRun:
+              console: Any, live: bool | None, run_dir: Path | None = None) -> TrainingRun:
         from bincli.backends.local.launcher import train_locally
 
         run_dir, log_path = train_locally(self.cfg.train, self.cfg.workdir, hp, split, from_tune=from_tune,
-                                          fresh=fresh, console=console, live=live)
+                                          fresh=fresh, console=console, live=live, run_dir=run_dir)
         return TrainingRun(run_dir, log_path)
 
     def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]:
@@ -47,7 +49,7 @@ class LocalBackend(BaseBackend):
         return teardown(self.cfg, name)
 
     def endpoint_status(self) -> dict[str, Any] | None:
-        from bincli.backends.local.endpoint import running_servers, servers_of
+        from bincli.backends.local.endpoint import ping, running_servers, servers_of
         from bincli.backends.records import recorded_endpoint
         from bincli.state import State
 
@@ -55,8 +57,10 @@ class LocalBackend(BaseBackend):
         if record is None:
             return None
         up = running_servers(record)  # server processes: the local analogue of instances
-        return {"name": record["name"], "status": "running" if up else "not running",
-                "instances": up, "desired_instances": len(servers_of(record))}
+        # A live process may still not serve (stopped, wedged): only an answer to /ping says it does.
+        alive = bool(up and record.get("url")) and ping(record["url"], timeout=PING_TIMEOUT_S)
+        return {"name": record["name"], "status": "running" if up else "not running", "alive": alive,
+                "url": record.get("url"), "instances": up, "desired_instances": len(servers_of(record))}
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor:
         from bincli.backends.local.endpoint import running_endpoint

@@ -22,6 +22,7 @@ teardown stops each one that is still the process deploy started.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -98,7 +99,10 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
         _check_port_free(host, port)
     ep_dir = endpoint_dir(cfg.workdir, d.name)
     ep_dir.mkdir(parents=True, exist_ok=True)
-    base = {"backend": "local", "name": d.name, "model": str(model_tar), "host": host, "threads": d.threads,
+    with open(model_tar, "rb") as f:  # the record names the exact model served
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    base = {"backend": "local", "name": d.name, "model": str(model_tar), "model_sha256": sha256,
+            "host": host, "threads": d.threads,
             "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE), "instances": d.instances}
     if foreground:
         return _run_foreground(cfg, state, base, port)

@@ -3,21 +3,23 @@
 The entry point (`python -m bincli.core.train`, or torchrun with several processes) runs with the
 same SM_* environment and `--name value` hyperparameters a SageMaker training job gives it, so
 what trains here trains there. This process only watches: it streams the child's lines into
-`<workdir>/train/train.log`, shows its progress and epoch lines (bincli.progress.TrainProgress),
-and forwards Ctrl-C (the child saves a checkpoint and stops; a rerun resumes).
+`<run>/train.log`, shows its progress and epoch lines (bincli.progress.TrainProgress), its
+warnings and errors (its INFO lines only with -v), and forwards Ctrl-C (the child saves a
+checkpoint and stops; the same command again resumes).
 
-Run folder (what a training job leaves, read by the train step):
-    <workdir>/train/config.yaml        the resolved train config (+ hyperparameters used)
-    <workdir>/train/train.log          everything the entry point printed
-    <workdir>/train/model/             SM_MODEL_DIR: model.pth, model_info.json
-    <workdir>/train/output/            SM_OUTPUT_DATA_DIR: metrics.json, history.jsonl, PNGs
-    <workdir>/train/checkpoints/       last.pt, best.pt (resume point)
+Run folder `<run>` = <workdir>/runs/<name>/, chosen by the train step (steps/runs.py):
+    <run>/train.log          everything the entry point printed
+    <run>/model/             SM_MODEL_DIR: model.pth, model_info.json
+    <run>/output/            SM_OUTPUT_DATA_DIR: metrics.json, history.jsonl, PNGs
+    <run>/checkpoints/       last.pt, best.pt (resume point)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,12 +33,15 @@ from typing import Any, TextIO
 from bincli import __version__
 from bincli.config import TrainConfig
 from bincli.core.contract import METRICS_FILE
-from bincli.core.fileio import atomic_write_text
 from bincli.errors import BincliError, ConfigError, DataError, Interrupted
-from bincli.layout import CACHE_DIR, RUN_DIR, under
+from bincli.layout import CACHE_DIR, RUN_PREFIX, RUNS_DIR, under
 from bincli.progress import TrainProgress
 
 ENTRY_MODULE = "bincli.core.train"
+# A log line of the entry point: "2026-01-01 10:00:00,123 INFO bincli.train: message".
+_CHILD_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) [\w.]+: (.*)$")
+# INFO lines a user sees without -v: where a rerun picks up.
+_SHOWN_INFO = ("resuming from ", "nothing to resume")
 
 
 def _cli_value(value: Any) -> str:
@@ -151,17 +156,42 @@ def require_device(device: str) -> None:
                           hint="--device auto (uses a GPU where there is one) or --device cpu")
 
 
+def show_child_line(progress: TrainProgress, verbose: bool) -> Callable[[str], None]:
+    """on_line for run_child: the entry point's INFO lines (hyperparameters, cache paths) only with
+    -v (train.log has them all); its 'error:'/'hint:' lines are kept for the one error bincli
+    raises at the end instead of being printed twice."""
+
+    def on_line(raw: str) -> None:
+        m = _CHILD_LOG.match(raw.strip())
+        if m is None or verbose:
+            progress.line(raw)
+            return
+        level, message = m.groups()
+        if level in ("DEBUG", "INFO") and not message.startswith(_SHOWN_INFO):
+            progress.tail.append(message)
+            return
+        if level == "ERROR" and message.startswith(("error: ", "hint: ")):
+            kind, text = message.split(": ", 1)
+            (progress.errors if kind == "error" else progress.hints).append(text)
+            progress.tail.append(message)
+            return
+        progress.line(raw)
+
+    return on_line
+
+
 def train_locally(cfg: TrainConfig, workdir: Path, hp: Mapping[str, Any], split: Mapping[str, Any], *,
-                  from_tune: bool, fresh: bool, console, live: bool | None) -> tuple[Path, Path]:
-    """Run the entry point to the end (or resume it); returns (run dir, log path)."""
+                  from_tune: bool, fresh: bool, console, live: bool | None,
+                  run_dir: Path | None = None) -> tuple[Path, Path]:
+    """Run the entry point to the end (or resume it) in `run_dir` (the train step's choice of
+    <workdir>/runs/<run>/); returns (run dir, log path)."""
     require_device(cfg.device)
-    run_dir = under(workdir, RUN_DIR)
+    run_dir = run_dir or under(workdir, RUNS_DIR, RUN_PREFIX)
     ckpt_dir = run_dir / "checkpoints"
     if fresh:
         for sub in ("checkpoints", "model", "output"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_snapshot(run_dir / "config.yaml", cfg, hp, from_tune)
     extra = {
         "data-root": split["data_root"], "checkpoint-dir": str(ckpt_dir),
         "cache-dir": str(under(workdir, CACHE_DIR)), "device": cfg.device, "log-interval": 1,
@@ -171,16 +201,18 @@ def train_locally(cfg: TrainConfig, workdir: Path, hp: Mapping[str, Any], split:
     for stale in (run_dir / "output" / METRICS_FILE,):
         stale.unlink(missing_ok=True)  # a failed run must not report the previous run's metrics
     log_path = run_dir / "train.log"
-    console.print(f"training {hp['model']} on {split['train']} images ({split['classes']}), "
+    console.print(f"run {run_dir.name}: training {hp['model']} on {split['train']} images ({split['classes']}), "
                   f"{hp['epochs']} epochs, {cfg.nproc_per_node} process(es); log: {log_path}",
                   markup=False, highlight=False, soft_wrap=True)
+    verbose = logging.getLogger("bincli").isEnabledFor(logging.DEBUG)  # -v
     with TrainProgress(console, int(hp["epochs"]), live) as progress:
-        code, interrupted = run_child(cmd, env, log_path, progress.line)
+        code, interrupted = run_child(cmd, env, log_path, show_child_line(progress, verbose))
     if code != 0:
         if interrupted or progress.interrupted:
             where = f" at epoch {progress.interrupted[0]}" if progress.interrupted else ""
-            raise Interrupted(f"training interrupted{where}; the checkpoint is in {ckpt_dir}",
-                              hint="run 'bincli train' again to resume (same settings), or --fresh")
+            raise Interrupted(f"training interrupted{where}; run {run_dir.name} keeps its checkpoint",
+                              hint=f"run 'bincli train' again to resume (the same command, or --resume "
+                                   f"{run_dir.name}); --fresh starts the run over")
         if progress.errors:
             reason = progress.errors[-1]
         elif code < 0:
@@ -189,19 +221,22 @@ def train_locally(cfg: TrainConfig, workdir: Path, hp: Mapping[str, Any], split:
         else:
             reason = f"exit code {code}" + (f": {progress.tail[-1]}" if progress.tail else "")
         hint = f"full log: {log_path}"
-        if any("--resume never" in h for h in progress.hints):  # the checkpoint cannot be resumed
-            hint = "rerun with --fresh to start over" + (
-                ", or restore the earlier settings" if "other settings" in reason else "")
+        reason = _public_reason(reason, run_dir.name)
+        if reason.startswith(f"run {run_dir.name}'s checkpoint"):  # it cannot be resumed
+            hint = (f"--fresh starts run {run_dir.name} over; 'bincli train' without --run-name/--resume "
+                    "starts a new run for new settings")
         err_cls = DataError if code == 2 else BincliError
         raise err_cls(f"training failed: {reason}", hint=hint)
     return run_dir, log_path
 
 
-def _write_snapshot(path: Path, cfg: TrainConfig, hp: Mapping[str, Any], from_tune: bool) -> None:
-    import yaml
 
-    body = yaml.safe_dump({"train": cfg.model_dump(mode="json"), "hyperparameters": dict(hp),
-                           "from_tune": from_tune}, sort_keys=False)
-    atomic_write_text(path, f"# bincli {__version__}: the resolved train config of this run\n{body}")
-
-
+def _public_reason(reason: str, run: str) -> str:
+    """The entry point's checkpoint refusal in the words of `bincli train`: no checkpoint paths,
+    fingerprints or entry-point flags."""
+    settings = re.search(r"was made with other settings \((.*)\); only ", reason)
+    if settings:
+        return f"run {run}'s checkpoint was made with other settings ({settings.group(1)})"
+    if "was trained on other data" in reason:
+        return f"run {run}'s checkpoint was trained on another split"
+    return reason

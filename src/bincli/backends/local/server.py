@@ -13,10 +13,12 @@ request gets the handler's 4xx and the body {"error": message}; on the runtime p
 wrapped the way SageMaker does it (424 ModelError with OriginalStatusCode), which boto3 parses.
 
 The model is loaded once, before the port answers, on the fastest runtime that loads (core/runtimes.py,
-named by /info). Requests are decoded in a pool of `threads` worker threads (torch releases the GIL),
-so /ping and /metrics answer while requests run. With max_batch_size > 1 (off by default) the images
-of concurrent requests then run as one forward (batching.py); each answer carries x-bincli-batch-size
-and /metrics counts the batches.
+named by /info). Requests are decoded and resized (the eval preset's first half, model.pixels) in a pool
+of `threads` worker threads (Pillow and torch release the GIL), so /ping and /metrics answer while requests
+run; the rest of the preset runs inside the forward (core/runtimes.py). With max_batch_size > 1 (8 by
+default; 1 = off) the images of concurrent requests then run as one forward, one forward at a time
+(batching.py); a lone request waits for nobody. Each answer carries x-bincli-batch-size and /metrics
+counts the batches.
 The routes are plain module functions; what they share (model, pool, stats, settings) is on app.state.
 
 Clients that hold connections without using them are cut off (settings from DeployConfig):
@@ -220,7 +222,8 @@ async def _invoke(request) -> tuple[int, bytes, str]:
             text, out_type = await loop.run_in_executor(state.pool, inference.handle_request, state.model, body,
                                                         content_type, accept)
         else:  # decode here, alone (a 4xx is this request's); the forward with whatever else is waiting
-            image = await loop.run_in_executor(state.pool, _prepare, state.model, body, content_type)
+            with state.batcher.preparing_one():
+                image = await loop.run_in_executor(state.pool, _prepare, state.model, body, content_type)
             answer, request.state.batch_size = await state.batcher.submit(image)
             text, out_type = inference.output_fn(answer, accept)
         status, payload = 200, text.encode("utf-8")
@@ -247,10 +250,10 @@ async def _invoke(request) -> tuple[int, bytes, str]:
 
 
 def _prepare(model: Any, body: bytes, content_type: str | None):
-    """input_fn and the model's eval transform: one image's (3, S, S) tensor, or its InferenceError."""
+    """input_fn and the eval transform's first half: one image's uint8 (3, S, S) pixels, or its InferenceError."""
     from bincli.core import inference
 
-    return model.transform(inference.input_fn(body, content_type))
+    return model.pixels(inference.input_fn(body, content_type))
 
 
 def _forward(model: Any, images: list) -> list[dict[str, Any]]:

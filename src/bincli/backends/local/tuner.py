@@ -8,8 +8,11 @@ saves a checkpoint and exits). A trial's value is the last best-so-far line it p
 (`best_valid_loss=...`), the number a SageMaker tuning job scores the same trial by.
 
 The study lives in `<workdir>/tune/study.db`: a rerun with the same search continues it and runs
-only the trials still missing. Results: `<workdir>/tune/tune-results.csv` (one row per trial) and
-state "tune" (best hyperparameters, read by `bincli train --from-tune`).
+only the trials still missing; a search with other settings is another study in the same file (it
+never fails because of an earlier one), and the earlier search's trial folders move to
+`<workdir>/tune/<its study name>/` so its logs survive. Results: `<workdir>/tune/tune-results.csv`
+(one row per trial of the latest search) and state "tune" (best hyperparameters, read by
+`bincli train --from-tune`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -38,6 +42,7 @@ from bincli.state import State
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "tune-results.csv"
+SEARCH_FILE = "search.json"  # which study the trial-NNN folders belong to
 # Optuna's direction for each objective the entry point prints.
 DIRECTIONS = {"valid_loss": "minimize", "valid_acc": "maximize"}
 
@@ -81,6 +86,7 @@ def run_tune(cfg: Config, fixed: set[str], console) -> dict[str, Any]:
     tune_dir.mkdir(parents=True, exist_ok=True)
 
     study = _open_study(tune, space, train_cfg, split, tune_dir)
+    _set_aside_other_search(tune_dir, study.study_name)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     remaining = max(0, tune.max_jobs - len(done))
     console.print(f"tuning {', '.join(space) or 'nothing (every hyperparameter is fixed)'} over "
@@ -112,6 +118,29 @@ def _open_study(tune: TuneConfig, space: dict[str, Any], train_cfg: TrainConfig,
         pruner=(optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune.epochs)
                 if tune.strategy == "hyperband" else optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)),
     )
+
+
+def _set_aside_other_search(tune_dir: Path, study_name: str) -> None:
+    """Trial folders are numbered per study: those of an earlier, other search move to
+    <tune_dir>/<its study name>/ before this one's trial 0 would overwrite its trial 0."""
+    marker = tune_dir / SEARCH_FILE
+    try:
+        previous = json.loads(marker.read_text(encoding="utf-8")).get("study")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    trials = sorted(tune_dir.glob("trial-[0-9][0-9][0-9]"))
+    # Without a marker (a workdir from before it) the folders may be this study's own: left alone.
+    if isinstance(previous, str) and re.fullmatch(r"bincli-[0-9a-f]+", previous) and previous != study_name \
+            and trials:
+        keep = tune_dir / previous
+        keep.mkdir(parents=True, exist_ok=True)
+        for trial in trials:
+            shutil.rmtree(keep / trial.name, ignore_errors=True)
+            trial.rename(keep / trial.name)
+        if (tune_dir / RESULTS_FILE).is_file():
+            shutil.copyfile(tune_dir / RESULTS_FILE, keep / RESULTS_FILE)
+        log.info("the earlier search's trials moved to %s", keep)
+    atomic_write_text(marker, json.dumps({"study": study_name}) + "\n")
 
 
 def _summarise(study, space: dict[str, Any], tune_dir: Path, objective: str) -> dict[str, Any]:

@@ -30,10 +30,10 @@ class SageMakerBackend(BaseBackend):
     name = "sagemaker"
 
     def train(self, hp: Mapping[str, Any], split: Mapping[str, Any], *, from_tune: bool, fresh: bool, wait: bool,
-              console: Any, live: bool | None) -> TrainingRun:
+              console: Any, live: bool | None, run_dir: Path | None = None) -> TrainingRun:
         from bincli.backends.sagemaker.training_job import train_on_sagemaker
 
-        return train_on_sagemaker(self.cfg, hp, split, fresh=fresh, wait=wait, console=console)
+        return train_on_sagemaker(self.cfg, hp, split, fresh=fresh, wait=wait, console=console, run_dir=run_dir)
 
     def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]:
         from bincli.backends.sagemaker.tuner import tune_on_sagemaker

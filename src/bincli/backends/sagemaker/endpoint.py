@@ -15,6 +15,7 @@ update (AWS refuses to update a scaled variant's instance type) and put back aft
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import time
@@ -66,7 +67,8 @@ def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = Fals
                           hint="--update puts the new model on it; 'bincli teardown' removes it")
     if existing["name"] != cfg.deploy.name:
         raise BincliError(f"endpoint '{existing['name']}' is deployed from {cfg.workdir}, not '{cfg.deploy.name}' "
-                          "(one endpoint per workspace)", hint=f"--name {existing['name']}, or 'bincli teardown' first")
+                          "(one endpoint per workspace)",
+                          hint=f"--endpoint {existing['name']}, or 'bincli teardown' first")
     if not existing.get("endpoint"):
         raise StateError(f"endpoint '{existing['name']}' was never created (its deploy was interrupted)",
                          hint="'bincli teardown' removes what it left, then 'bincli deploy'")
@@ -94,11 +96,12 @@ def endpoint_status(cfg: Config) -> dict[str, Any] | None:
         desc = sm.describe_endpoint(EndpointName=record["endpoint"])
     except Exception as exc:
         if is_not_found(exc):
-            return {"name": record["endpoint"], "status": "not found"}
+            return {"name": record["endpoint"], "status": "not found", "alive": False}
         raise aws_error(exc, f"endpoint '{record['endpoint']}'") from None
     variant = (desc.get("ProductionVariants") or [{}])[0]
     out = {"name": record["endpoint"], "status": desc["EndpointStatus"], "endpoint_config": desc["EndpointConfigName"],
-           "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount")}
+           "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount"),
+           "alive": desc["EndpointStatus"] in ("InService", "Updating")}  # Updating still serves the old config
     if variant.get("CurrentServerlessConfig"):
         out["serverless"] = variant["CurrentServerlessConfig"]
     if desc.get("FailureReason"):
@@ -117,6 +120,7 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
     name = d.name
     record: dict[str, Any] = {
         "backend": "sagemaker", "name": name, "region": region, "models": [], "endpoint_configs": [],
+        "model_sha256": _model_sha256(cfg, state, model),
         "autoscaling": scaling.plan(name, d.autoscaling) if d.autoscaling else None,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
@@ -125,7 +129,7 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
         sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name,
                            Tags=resource_tags(cfg.workdir, "deploy"))
         record["endpoint"] = name
-        state.record("deploy", record)
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
     except BincliError:
         raise
     except Exception as exc:
@@ -137,7 +141,7 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
         raise BincliError(f"endpoint '{name}' {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}",
                           hint="see its CloudWatch logs (/aws/sagemaker/Endpoints); 'bincli teardown' removes it")
     record["status"] = "InService"
-    _register_scaling(aas, state, record)
+    _register_scaling(aas, state, record, cfg)
     return {**record, "action": "created"}
 
 
@@ -158,7 +162,7 @@ def _model_and_config(cfg: Config, sm: Any, state: State, record: dict[str, Any]
     sm.create_model(ModelName=model_name, ExecutionRoleArn=role, Tags=tags,
                     PrimaryContainer={"Image": image, "ModelDataUrl": model_s3, "Environment": env})
     record["models"].append(model_name)
-    state.record("deploy", record)  # from here on, teardown knows what to delete
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))  # from here on, teardown knows what to delete
     variant: dict[str, Any] = {"VariantName": scaling.VARIANT, "ModelName": model_name}
     if d.serverless is not None:
         s = d.serverless
@@ -172,7 +176,7 @@ def _model_and_config(cfg: Config, sm: Any, state: State, record: dict[str, Any]
     record.update(model_s3=model_s3, image=image, serverless=variant.get("ServerlessConfig"),
                   instance_type=None if d.serverless else sm_cfg.deploy_instance_type,
                   instance_count=None if d.serverless else count, model_server_workers=workers)
-    state.record("deploy", record)
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
     return model_name, config_name
 
 
@@ -204,7 +208,7 @@ def _capacity(record: dict[str, Any]) -> str:
     return f"{record['instance_count']} x {record['instance_type']}{scale}"
 
 
-def _register_scaling(aas: Any, state: State, record: dict[str, Any]) -> None:
+def _register_scaling(aas: Any, state: State, record: dict[str, Any], cfg: Config) -> None:
     p = record.get("autoscaling")
     if not p:
         return
@@ -214,7 +218,7 @@ def _register_scaling(aas: Any, state: State, record: dict[str, Any]) -> None:
         raise aws_error(exc, f"registering autoscaling of endpoint '{record['name']}' (it is up, at a fixed "
                         f"{record.get('instance_count')} instance(s))") from None
     p["registered"] = True
-    state.record("deploy", record)
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------- update
@@ -226,13 +230,14 @@ def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | Non
     role = role_arn(sm_cfg)
     image = _image(cfg, region)
     model_s3 = _model_in_s3(cfg, state, model, region)
+    sha256 = _model_sha256(cfg, state, model)
     desc = _describe(sm, name)
     if desc["EndpointStatus"] != "InService":
         raise BincliError(f"endpoint '{name}' is {desc['EndpointStatus']}; an update needs it InService",
                           hint="'bincli status' shows it; try again once it is InService")
     old = {"models": list(record["models"]), "endpoint_configs": list(record["endpoint_configs"]),
-           **{k: record.get(k) for k in ("model_s3", "image", "serverless", "instance_type", "instance_count",
-                                        "model_server_workers")}}
+           **{k: record.get(k) for k in ("model_s3", "model_sha256", "image", "serverless", "instance_type",
+                                        "instance_count", "model_server_workers")}}
     running = (desc.get("ProductionVariants") or [{}])[0].get("CurrentInstanceCount")
     # Scaling survives: the config's settings, else the record's (not on a serverless endpoint).
     new_plan = (scaling.plan(name, d.autoscaling) if d.autoscaling
@@ -241,6 +246,7 @@ def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | Non
     record["update"] = {"from_config": desc["EndpointConfigName"], "started_at": datetime.now(UTC).isoformat(
         timespec="seconds")}
     try:
+        record["model_sha256"] = sha256
         new_model, new_config = _model_and_config(cfg, sm, state, record, role, image, model_s3,
                                                   _instance_count(cfg, running))
     except BincliError:
@@ -253,7 +259,7 @@ def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | Non
         except Exception as exc:
             raise aws_error(exc, f"taking autoscaling off endpoint '{name}' for the update") from None
         old_plan["registered"] = False
-        state.record("deploy", record)
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
     err.print(f"updating endpoint '{name}' to {model_s3} ({_capacity(record)}); this takes a few minutes",
               markup=False, soft_wrap=True)
     failure = None
@@ -273,8 +279,8 @@ def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | Non
         _delete(sm, [new_config], [new_model])
         record.update(old)
         record.pop("update")
-        _register_scaling(aas, state, record)
-        state.record("deploy", record)
+        _register_scaling(aas, state, record, cfg)
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
         raise BincliError(f"update of endpoint '{name}' failed: {failure}. It still serves the previous model "
                           f"{old['model_s3']}; the new model and endpoint config were deleted")
     _delete(sm, old["endpoint_configs"], old["models"])
@@ -282,8 +288,8 @@ def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | Non
     record["autoscaling"] = new_plan and {**new_plan, "registered": False}
     record["updated_at"] = record.pop("update")["started_at"]
     record["status"] = "InService"
-    state.record("deploy", record)
-    _register_scaling(aas, state, record)
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+    _register_scaling(aas, state, record, cfg)
     return {**record, "action": "updated", "replaced": old["model_s3"]}
 
 
@@ -306,6 +312,15 @@ def _image(cfg: Config, region: str) -> str:
         raise ConfigError(f"sagemaker.inference_image: a serverless endpoint runs on CPU only; {image} is a GPU image",
                           hint="set a CPU image, or null for AWS's CPU PyTorch inference image")
     return image or _default_image(cfg, region)
+
+
+def _model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
+    """The sha256 of the archive deployed: the one named, else train's (its record names it)."""
+    chosen = model or cfg.deploy.model
+    if chosen is None:
+        return (state.outputs("train") or {}).get("model_sha256")
+    with open(chosen, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:

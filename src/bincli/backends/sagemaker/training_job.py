@@ -46,7 +46,7 @@ from bincli.core.contract import METRICS_FILE, TRAIN_SCRIPT, WEIGHTS_CHANNEL, hy
 from bincli.core.fileio import atomic_write_json
 from bincli.data.s3 import join_key, make_client, parse_s3_uri
 from bincli.errors import BincliError, Interrupted
-from bincli.layout import RUN_DIR, under
+from bincli.layout import RUN_PREFIX, RUNS_DIR, under
 from bincli.state import State
 
 JOB_FILE = "sagemaker-job.json"
@@ -59,8 +59,9 @@ WEIGHTS_HP = hyperparameter_name("weights_file")  # a local path: sent as the we
 
 
 def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str, Any], *, fresh: bool = False,
-                       wait: bool = True, console=None) -> TrainingRun:
-    """Start (or attach to) the training job; with `wait`, see it through and fetch its run folder."""
+                       wait: bool = True, console=None, run_dir: Path | None = None) -> TrainingRun:
+    """Start (or attach to) the training job; with `wait`, see it through and fetch its run folder
+    (`run_dir`, chosen by the train step: <workdir>/runs/<run>/)."""
     from bincli.console import err
 
     console = console or err
@@ -82,7 +83,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
 
     sm = session.client("sagemaker")
-    run_dir = under(workdir, RUN_DIR)
+    run_dir = run_dir or under(workdir, RUNS_DIR, RUN_PREFIX)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
     record = read_job_record(job_file)
