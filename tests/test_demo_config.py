@@ -72,14 +72,15 @@ def test_demo_config_plans_every_pipeline_step(tmp_path):
 
 
 def _readme_commands() -> list[list[str]]:
-    """Each `bincli ...` command in the README, in code blocks and inline code, as argv after 'bincli'."""
-    texts, in_block = [], False
-    for line in README.read_text().splitlines():
+    """Each `bincli ...` command in the README, as argv after 'bincli': every line of ```bash blocks,
+    `$ `-prompted lines of other blocks (the rest there is output), and inline code."""
+    texts, block = [], None
+    for line in (raw.strip() for raw in README.read_text().splitlines()):  # fences in lists are indented
         if line.startswith("```"):
-            in_block = not in_block
-        elif in_block:
+            block = line[3:].strip() or "output" if block is None else None
+        elif block == "bash" or (block is not None and line.startswith("$ ")):
             texts.append(line.split("  #")[0].removeprefix("$ "))
-        else:
+        elif block is None:
             texts += re.findall(r"`(bincli [^`]+)`", line)
     commands = []
     for text in texts:

@@ -50,3 +50,13 @@ def test_a_removed_input_is_stale(tmp_path):
     state.record("upload", {"uri": "s3://b/p/"}, {})
     state.forget("split")
     assert step_freshness("upload", _steps(state)).reasons == ["split is gone since"]
+
+
+def test_a_rerun_that_only_took_another_time_keeps_downstream_current(tmp_path):
+    state = State(tmp_path)
+    state.record("download", {"images": 10, "seconds": 3.2, "source": "s3://b at http://127.0.0.1:5001"}, {})
+    state.record("split", {"manifests_dir": "a"}, {})
+    state.record("download", {"images": 10, "seconds": 9.9, "source": "s3://b at http://127.0.0.1:6123"}, {})
+    assert step_freshness("split", _steps(state)).status == "done"
+    state.record("download", {"images": 11, "seconds": 9.9}, {})
+    assert step_freshness("split", _steps(state)).status == "stale"

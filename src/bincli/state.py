@@ -38,10 +38,20 @@ READS: dict[str, tuple[str, ...]] = {
 }
 
 
+def json_digest(value: Any) -> str:
+    """A short digest of JSON-like settings or outputs: equal content, equal digest (key order aside).
+    The SageMaker job and tuning-job records key their reattach on it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Outputs that say how a run went, not what it made (download's time, the mirror URL it used): a
+# rerun that makes the same thing leaves later steps current.
+RUN_FACTS = frozenset({"seconds", "source"})
+
+
 def outputs_digest(outputs: dict[str, Any]) -> str:
-    """A short digest of one record's outputs: equal outputs, equal digest (key order aside)."""
-    body = json.dumps(outputs, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    """One record's outputs, as a later record keeps them in `inputs`."""
+    return json_digest({key: value for key, value in outputs.items() if key not in RUN_FACTS})
 
 
 class StepRecord(BaseModel):

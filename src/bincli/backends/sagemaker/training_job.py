@@ -17,8 +17,6 @@ and the job carries the workspace's tags.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from collections.abc import Mapping
@@ -47,7 +45,7 @@ from bincli.core.fileio import atomic_write_json
 from bincli.data.s3 import join_key, make_client, parse_s3_uri
 from bincli.errors import BincliError, Interrupted
 from bincli.layout import RUN_PREFIX, RUNS_DIR, under
-from bincli.state import State
+from bincli.state import State, json_digest
 
 JOB_FILE = "sagemaker-job.json"
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -80,7 +78,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     hp, channels = with_weights_channel(hp, channels, bucket, prefix, session.region_name)
     job_settings = {"hyperparameters": hp, "channels": channels, "nproc_per_node": config.train.nproc_per_node,
                     "sagemaker": sm_cfg.model_dump(mode="json", include=JOB_KEYS)}
-    fingerprint = hashlib.sha256(json.dumps(job_settings, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = json_digest(job_settings)
 
     sm = session.client("sagemaker")
     run_dir = run_dir or under(workdir, RUNS_DIR, RUN_PREFIX)

@@ -22,7 +22,6 @@ backend records them, so `bincli train --from-tune` reads either backend's resul
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -36,6 +35,7 @@ from bincli.backends.sagemaker.session import (
     boto_session,
     is_not_found,
     read_job_record,
+    require_buckets_in_region,
     require_sdk,
     resource_tags,
     split_in_s3,
@@ -44,11 +44,11 @@ from bincli.backends.sagemaker.training_job import JOB_KEYS  # the sagemaker key
 from bincli.config import Config
 from bincli.core.contract import best_metric, hyperparameter_name, metric_definitions
 from bincli.core.fileio import atomic_write_json, atomic_write_text
-from bincli.data.s3 import join_key
+from bincli.data.s3 import join_key, parse_s3_uri
 from bincli.errors import BincliError, ConfigError, DataError, Interrupted, StateError
 from bincli.hyperparameters import hyperparameters_from
 from bincli.layout import TUNE_DIR, under
-from bincli.state import State
+from bincli.state import State, json_digest
 
 JOB_FILE = "sagemaker-tuning-job.json"
 RESULTS_FILE = "tune-results.csv"  # the local backend's file name and first columns
@@ -95,9 +95,12 @@ def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = 
     settings = {"hyperparameters": hp, "space": space, "objective": tune.objective, "strategy": tune.strategy,
                 "max_jobs": tune.max_jobs, "max_parallel": tune.max_parallel, "seed": tune.seed,
                 "channels": channels, "sagemaker": sm_cfg.model_dump(mode="json", include=JOB_KEYS)}
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = json_digest(settings)
 
     session = boto_session(sm_cfg)
+    # As train does: a bucket in another region would only show as every trial failing.
+    require_buckets_in_region({bucket, *(parse_s3_uri(uri)[0] for uri in channels.values())},
+                              session.region_name, console)
     sm = session.client("sagemaker")
     tune_dir.mkdir(parents=True, exist_ok=True)
     job_file = tune_dir / JOB_FILE
