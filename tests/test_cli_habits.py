@@ -199,7 +199,7 @@ def test_model_file_in_the_config_names_the_file_and_a_misspelt_name_keeps_the_c
 
 # ---------------------------------------------------------------- help
 COMMANDS = ("download", "inspect", "split", "upload", "tune", "train", "deploy", "predict", "evaluate", "loadtest",
-            "teardown", "status")
+            "teardown", "status", "pipeline")
 
 
 def test_help_has_plain_metavars_and_defaults_written_one_way():

@@ -406,14 +406,29 @@ def _stop_one(record: dict[str, Any]) -> bool:
     try:
         proc.terminate()
         proc.resume()  # a stopped process (Ctrl-Z, SIGSTOP) acts on SIGTERM only once continued
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except psutil.TimeoutExpired:
+        if not _exits(proc, STOP_TIMEOUT):
             proc.kill()
-            proc.wait(5)
+            _exits(proc, 5)
     except psutil.NoSuchProcess:
         pass
     return True
+
+
+def _exits(proc, timeout: float) -> bool:
+    """Wait until `proc` (not our child) has exited: gone, or a zombie its own parent has yet to reap
+    (another bincli process that started it and still runs); psutil's wait() would wait for that
+    parent."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _terminate(proc: subprocess.Popen) -> None:
