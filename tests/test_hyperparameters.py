@@ -46,9 +46,11 @@ def _entry_actions() -> dict[str, argparse.Action]:
 
 
 def _training_options(command: str) -> dict[str, typing.Any]:
-    """The click options of a command in the Training panel, by parameter name."""
+    """The click options of a command in the training panels (Model, Optimisation, ...), by parameter name."""
+    from bincli.commands.train_options import PANELS
+
     params = get_command(app).commands[command].params
-    return {p.name: p for p in params if getattr(p, "rich_help_panel", None) == "Training"}
+    return {p.name: p for p in params if getattr(p, "rich_help_panel", None) in PANELS}
 
 
 def _value_type(function, name: str) -> type:
@@ -141,8 +143,9 @@ def test_config_enforces_the_declared_bounds(param):
 def test_help_comes_from_the_declaration_and_states_the_default():
     train_options = _training_options("train")
     actions = _entry_actions()
-    for p in CONFIG_PARAMS:
-        assert train_options[p.name].help == p.describe(), p.name
+    for p in CONFIG_PARAMS:  # the declaration's line, defaults written "(default X)" as on every flag
+        if p.name not in ("weights_file", "model", "freeze", "optimizer", "scheduler", "device"):  # say more
+            assert train_options[p.name].help == p.describe().replace("(default: ", "(default "), p.name
     for p in ENTRY_PARAMS:
         assert actions[p.name].help == p.describe(), p.name
     # the flags and their help as users know them
@@ -151,8 +154,9 @@ def test_help_comes_from_the_declaration_and_states_the_default():
     assert train_options["cache"].secondary_opts == ["--no-cache"]
     assert train_options["batch_size"].opts == ["--batch-size"]
     assert train_options["weight_decay"].help == "AdamW/SGD weight decay (default 1e-4)."
-    assert train_options["pretrained"].help == "Start from ImageNet weights (default: no)."
-    assert train_options["cache"].help == "Cache pre-resized images (default: on)."
+    assert train_options["pretrained"].help == "Start from ImageNet weights (default no)."
+    assert train_options["cache"].help == "Cache pre-resized images (default on)."
+    assert train_options["model"].help == "Architecture to fine-tune, not a model file (default resnet18)."
     assert train_options["warmup_epochs"].help == "Linear warm-up epochs (default 1)."
     assert [show_value(v) for v in (0.001, 1e-4, 0.0, 10, True)] == ["0.001", "1e-4", "0", "10", "on"]
     text = get_args_parser().format_help()

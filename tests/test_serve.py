@@ -199,6 +199,9 @@ def test_a_lone_request_waits_for_nobody(model, abid_sample, monkeypatch):
             r = c.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 200 and r.headers["x-bincli-batch-size"] == "1"
             assert r.json() == in_process(model, body)
+        batching = c.get("/metrics").json()["batching"]
+        assert srv.app.state.batcher.task is None  # alone, each forward ran on the thread that decoded it
+    assert batching["batches"] == 3 and batching["images"] == 3 and batching["largest"] == 1
 
 
 def test_batching_off_runs_each_request_alone(model, abid_sample):

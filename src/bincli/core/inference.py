@@ -124,16 +124,17 @@ class LoadedModel:
     def temperature(self) -> float:
         return float(self.info.get("temperature") or 1.0)
 
-    def describe(self, probs: torch.Tensor) -> dict[str, Any]:
-        """The answer for one image from its class probabilities (1-D)."""
-        values = [float(p) for p in probs.tolist()]
-        idx = max(range(len(values)), key=values.__getitem__)
+    def describe(self, probs: torch.Tensor | list[float]) -> dict[str, Any]:
+        """The answer for one image from its class probabilities (1-D: a tensor, or its tolist())."""
+        values = probs.tolist() if isinstance(probs, torch.Tensor) else [float(p) for p in probs]
+        idx = values.index(max(values))  # the first of equal maxima, as numpy's argmax
+        labels = self.labels  # built per call by ClassSpec: once here
         level = float(self.info.get("count_range_level") or DEFAULT_RANGE_LEVEL)
         return {
             "count": self.classes.count_of(idx),
-            "label": self.labels[idx],
+            "label": labels[idx],
             "confidence": values[idx],
-            "probabilities": dict(zip(self.labels, values, strict=True)),
+            "probabilities": dict(zip(labels, values, strict=True)),
             **{k: v for k, v in describe_counts(values, self.classes.counts, level).items() if k != "confidence"},
         }
 
@@ -204,7 +205,7 @@ def answer_logits(model: LoadedModel, logits: torch.Tensor, single: bool = False
     """The answers for a batch's logits (the first alone when `single`)."""
     with torch.inference_mode():
         probs = torch.softmax(logits.float() / model.temperature, dim=1)
-    answers = [model.describe(p) for p in probs]
+    answers = [model.describe(p) for p in probs.tolist()]  # one conversion for the batch: plain floats
     return answers[0] if single else answers
 
 

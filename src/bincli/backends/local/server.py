@@ -17,8 +17,8 @@ named by /info). Requests are decoded and resized (the eval preset's first half,
 of `threads` worker threads (Pillow and torch release the GIL), so /ping and /metrics answer while requests
 run; the rest of the preset runs inside the forward (core/runtimes.py). With max_batch_size > 1 (8 by
 default; 1 = off) the images of concurrent requests then run as one forward, one forward at a time
-(batching.py); a lone request waits for nobody. Each answer carries x-bincli-batch-size and /metrics
-counts the batches.
+(batching.py); a lone request waits for nobody and runs its forward on the pool thread that decoded it.
+Each answer carries x-bincli-batch-size and /metrics counts the batches.
 The routes are plain module functions; what they share (model, pool, stats, settings) is on app.state.
 
 Clients that hold connections without using them are cut off (settings from DeployConfig):
@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bincli.artifacts.loader import load_model, warm_up
-from bincli.backends.local.batching import Batcher
+from bincli.backends.local.batching import NOT_ALONE, Batcher
 from bincli.core.contract import JSON_CONTENT_TYPE, MAX_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -223,8 +223,12 @@ async def _invoke(request) -> tuple[int, bytes, str]:
                                                         content_type, accept)
         else:  # decode here, alone (a 4xx is this request's); the forward with whatever else is waiting
             with state.batcher.preparing_one():
-                image = await loop.run_in_executor(state.pool, _prepare, state.model, body, content_type)
-            answer, request.state.batch_size = await state.batcher.submit(image)
+                image, answer = await loop.run_in_executor(state.pool, _prepare_or_run_alone, state.model,
+                                                           state.batcher, loop, body, content_type)
+            if answer is NOT_ALONE:
+                answer, request.state.batch_size = await state.batcher.submit(image)
+            else:  # nobody else was there: its forward ran on the pool thread (batching.py)
+                request.state.batch_size = 1
             text, out_type = inference.output_fn(answer, accept)
         status, payload = 200, text.encode("utf-8")
     except inference.InferenceError as exc:
@@ -254,6 +258,14 @@ def _prepare(model: Any, body: bytes, content_type: str | None):
     from bincli.core import inference
 
     return model.pixels(inference.input_fn(body, content_type))
+
+
+def _prepare_or_run_alone(model: Any, batcher: Batcher, loop: asyncio.AbstractEventLoop, body: bytes,
+                          content_type: str | None) -> tuple[Any, Any]:
+    """(pixels, answer): the answer from a forward run here when the request is alone (Batcher.run_alone),
+    else NOT_ALONE (submit the pixels)."""
+    image = _prepare(model, body, content_type)
+    return image, batcher.run_alone(loop, image)
 
 
 def _forward(model: Any, images: list) -> list[dict[str, Any]]:

@@ -96,12 +96,11 @@ def endpoint_status(cfg: Config) -> dict[str, Any] | None:
         desc = sm.describe_endpoint(EndpointName=record["endpoint"])
     except Exception as exc:
         if is_not_found(exc):
-            return {"name": record["endpoint"], "status": "not found", "alive": False}
+            return {"name": record["endpoint"], "status": "not found"}
         raise aws_error(exc, f"endpoint '{record['endpoint']}'") from None
     variant = (desc.get("ProductionVariants") or [{}])[0]
     out = {"name": record["endpoint"], "status": desc["EndpointStatus"], "endpoint_config": desc["EndpointConfigName"],
-           "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount"),
-           "alive": desc["EndpointStatus"] in ("InService", "Updating")}  # Updating still serves the old config
+           "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount")}
     if variant.get("CurrentServerlessConfig"):
         out["serverless"] = variant["CurrentServerlessConfig"]
     if desc.get("FailureReason"):
