@@ -379,7 +379,10 @@ def _our_process(record: dict[str, Any]):
             if child is not None:
                 child.wait()
             return None
-        same_start = abs(proc.create_time() - float(record.get("pid_started", -1))) < 1e-3
+        # psutil's start time is boot time + ticks, and the kernel's boot time (wall clock - uptime, whole
+        # seconds) moves by a second when the clock is adjusted: within 2 s, with the same command line
+        # (its own port and extract folder), it is the same process, never a reused pid.
+        same_start = abs(proc.create_time() - float(record.get("pid_started", -1))) < 2.0
         if same_start and proc.cmdline() == record.get("cmdline"):
             return proc
     except (psutil.Error, KeyError, TypeError, ValueError):
