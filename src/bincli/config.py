@@ -101,6 +101,11 @@ class DownloadConfig(Section):
     max_object_mb: int = Field(32, ge=1, le=4096)
     strict: bool = False
 
+    @property
+    def selects_photos(self) -> bool:
+        """Whether the section says what to download (per_class, file_list, ids_file or ids)."""
+        return any(v is not None for v in (self.per_class, self.file_list, self.ids_file)) or bool(self.ids)
+
 
 class SplitConfig(Section):
     input: Path | None = None

@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temp file beside the target, fsync, then rename over it.
+"""Atomic file writes: write a temp file beside the target, fsync, then rename over it. And the
+streamed sha256 of a file (models, weights), the one way bincli names a file's content.
 
 Readers never see a half-written file under the final name. Lives in core because the training
 entry point (which runs without the rest of bincli) writes checkpoints and metrics the same way.
@@ -7,6 +8,7 @@ entry point (which runs without the rest of bincli) writes checkpoints and metri
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import secrets
@@ -14,6 +16,12 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read a block at a time (a model archive can be large)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -23,7 +23,7 @@ from bincli import layout
 from bincli.config import Config
 from bincli.core.classes import ClassSpec
 from bincli.core.contract import SPLITS
-from bincli.core.fileio import atomic_write_json
+from bincli.core.fileio import atomic_write_json, file_sha256
 from bincli.data import abid
 from bincli.data.bin_metadata import BinFacts, read_bin
 from bincli.data.near_duplicates import exact_groups, groups, near_pairs
@@ -237,14 +237,12 @@ def _model_losses(model_tar: Path, workdir: Path, images: dict[str, Path], shas:
     """Cross-entropy of every photo whose count the model knows, highest first: photos whose
     label the model finds least likely are the first candidates for a label error. Answers are
     cached by (model sha256, photo sha256): the model is loaded only for photos it has not seen."""
-    import hashlib
 
     from bincli.artifacts.modeltar import read_model_info
 
     if not model_tar.is_file():
         raise UsageError(f"{model_tar}: no such model file", hint="pass --model model.tar.gz or run 'bincli train'")
-    with open(model_tar, "rb") as f:
-        model_sha = hashlib.file_digest(f, "sha256").hexdigest()
+    model_sha = file_sha256(model_tar)
     cache = FactsCache.for_workdir(workdir)
     try:
         known = cache.answers(model_sha)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.config import Config
+from bincli.core.fileio import file_sha256
 from bincli.core.metrics import SUMMARY
 from bincli.errors import DataError, UsageError
 from bincli.layout import EVALUATE_PREFIX, MODEL_TAR, REPORT_DIR, under
@@ -113,7 +114,7 @@ def _which_model(state: State, model: Path | None, endpoint: str | None,
     """(sha256 of the model evaluated, the run folder it came from): None, None where unknown (an
     endpoint of another workspace, or another endpoint than the one deployed from here)."""
     if model is not None:
-        sha = runs.file_sha256(model) if Path(model).is_file() else None
+        sha = file_sha256(model) if Path(model).is_file() else None
         return sha, runs.run_of_model(state.workdir, model, sha)
     deployed = state.outputs("deploy") or {}
     if endpoint_url is not None or not deployed or endpoint not in (None, deployed.get("endpoint"),
@@ -121,7 +122,7 @@ def _which_model(state: State, model: Path | None, endpoint: str | None,
         return None, None
     sha, path = deployed.get("model_sha256"), deployed.get("model")
     if sha is None and path and Path(path).is_file():
-        sha = runs.file_sha256(Path(path))
+        sha = file_sha256(path)
     return sha, runs.run_of_model(state.workdir, path, sha)
 
 

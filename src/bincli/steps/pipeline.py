@@ -77,7 +77,7 @@ class Planned:
 def effective_config(cfg: Config) -> Config:
     """The config as the pipeline runs it: inspect reads split.input when it has no input of its own
     and nothing is downloaded (so a pipeline on a local folder inspects that folder)."""
-    if cfg.inspect.input is None and cfg.split.input is not None and not _download_selected(cfg):
+    if cfg.inspect.input is None and cfg.split.input is not None and not cfg.download.selects_photos:
         return cfg.model_copy(update={"inspect": cfg.inspect.model_copy(update={"input": cfg.split.input})})
     return cfg
 
@@ -131,7 +131,7 @@ def plan(cfg: Config, *, start: str | None = None, stop: str | None = None, forc
 
 def not_configured(cfg: Config, step: str, steps: dict[str, Any] | None = None) -> str | None:
     """Why the config leaves `step` out (the module docstring's rules), or None."""
-    if step == "download" and not _download_selected(cfg):
+    if step == "download" and not cfg.download.selects_photos:
         if cfg.split.input is None and "download" not in (steps or {}):
             raise ConfigError("nothing to split: the config selects nothing to download and names no folder",
                               hint="set download.per_class (or download.file_list, ids, ids_file), or split.input "
@@ -289,11 +289,6 @@ _RUNNERS = {"download": _download, "inspect": _inspect, "split": _split, "upload
 
 
 # ---------------------------------------------------------------- helpers
-def _download_selected(cfg: Config) -> bool:
-    d = cfg.download
-    return any(v is not None for v in (d.per_class, d.file_list, d.ids_file)) or bool(d.ids)
-
-
 def _check_steps(names: list[str | None], flag: str) -> list[str]:
     for name in names:
         if name not in STEPS:
@@ -304,13 +299,10 @@ def _check_steps(names: list[str | None], flag: str) -> list[str]:
 def _endpoint_down(cfg: Config) -> str | None:
     """Why the recorded endpoint needs deploying again (it stopped), or None when it runs (or the
     backend cannot tell now: deploy is then left as it is)."""
-    from bincli.backends import get_backend
+    from bincli.steps.status import endpoint_now  # asks the backend; an error comes back as {"error": ...}
 
-    try:
-        status = get_backend(cfg).endpoint_status()
-    except BincliError:
-        return None
-    if status is None or status.get("status") in _ENDPOINT_UP:
+    status = endpoint_now(cfg)
+    if status is None or "error" in status or status.get("status") in _ENDPOINT_UP:
         return None
     return f"endpoint '{status.get('name')}' is {status.get('status')}"
 

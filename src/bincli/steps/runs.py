@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bincli.core.fileio import file_sha256
 from bincli.errors import UsageError
 from bincli.layout import (
     EVALUATE_PREFIX,
@@ -203,11 +204,6 @@ def clear_outputs(path: Path) -> None:
     (path / MODEL_TAR).unlink(missing_ok=True)
     for old in path.glob(f"{EVALUATE_PREFIX}*"):
         shutil.rmtree(old, ignore_errors=True)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def place(src: Path, dst: Path) -> Path:

@@ -131,8 +131,7 @@ def _trained_from_tune(rows: dict[str, dict[str, Any]]) -> bool:
 
 
 def _command(step: str, rows: dict[str, dict[str, Any]], cfg: Config) -> str:
-    d = cfg.download
-    if step == "download" and not (d.per_class or d.file_list or d.ids_file or d.ids):
+    if step == "download" and not cfg.download.selects_photos:
         return "download --per-class 500"  # nothing chosen to download: download's own example
     if step == "train" and rows["tune"]["status"] == "done" and _trained_from_tune(rows):
         return "train --from-tune"

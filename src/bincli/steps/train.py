@@ -18,6 +18,7 @@ from typing import Any
 from bincli.backends import get_backend
 from bincli.config import Config, TrainConfig
 from bincli.core.contract import METRICS_FILE
+from bincli.core.fileio import file_sha256
 from bincli.core.metrics import SUMMARY
 from bincli.errors import BincliError, DataError, StateError
 from bincli.hyperparameters import hyperparameters_from
@@ -116,7 +117,7 @@ def finish_training(state: State, cfg: TrainConfig, hp: Mapping[str, Any], run_d
     }
     trained_on = record_training_split(run_dir / "model", split)
     tar = Path(package_model(run_dir / "model", run_dir / MODEL_TAR)).resolve()
-    sha256 = runs.file_sha256(tar)
+    sha256 = file_sha256(tar)
     report = {"run": run_dir.name, "model_sha256": sha256, **report}  # which model these numbers are of
     report_dir = run_dir / REPORT_DIR
     paths = write_report(report, report_dir, source="train run")

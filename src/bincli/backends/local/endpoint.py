@@ -22,7 +22,6 @@ teardown stops each one that is still the process deploy started.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -40,6 +39,7 @@ from typing import Any
 from bincli.backends.records import nothing_to_remove, recorded_endpoint
 from bincli.config import Config
 from bincli.console import err
+from bincli.core.fileio import file_sha256
 from bincli.errors import BincliError, StateError, UsageError
 from bincli.layout import ENDPOINTS_DIR
 from bincli.state import State
@@ -99,8 +99,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
         _check_port_free(host, port)
     ep_dir = endpoint_dir(cfg.workdir, d.name)
     ep_dir.mkdir(parents=True, exist_ok=True)
-    with open(model_tar, "rb") as f:  # the record names the exact model served
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    sha256 = file_sha256(model_tar)  # the record names the exact model served
     base = {"backend": "local", "name": d.name, "model": str(model_tar), "model_sha256": sha256,
             "host": host, "threads": d.threads,
             "classes": str(model_info.get("classes")), "log": str(ep_dir / LOG_FILE), "instances": d.instances}

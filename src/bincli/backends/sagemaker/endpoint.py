@@ -15,7 +15,6 @@ update (AWS refuses to update a scaled variant's instance type) and put back aft
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 import time
@@ -37,6 +36,7 @@ from bincli.backends.sagemaker.session import (
 from bincli.config import Config
 from bincli.console import err
 from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT
+from bincli.core.fileio import file_sha256
 from bincli.errors import BincliError, ConfigError, StateError
 from bincli.state import State
 
@@ -318,8 +318,7 @@ def _model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
     chosen = model or cfg.deploy.model
     if chosen is None:
         return (state.outputs("train") or {}).get("model_sha256")
-    with open(chosen, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(chosen)
 
 
 def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:

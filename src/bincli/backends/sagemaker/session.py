@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.config import SageMakerConfig
+from bincli.core.fileio import file_sha256
 from bincli.errors import BincliError, ConfigError, UsageError
 
 
@@ -85,14 +86,12 @@ def require_buckets_in_region(buckets: Iterable[str], region: str, console=None)
 def upload_weights(path: Path, bucket: str, prefix: str, region: str) -> str:
     """A local --weights-file, as the training job's weights channel: uploaded once per content to
     s3://bucket/<prefix>/sagemaker/weights/<sha256>/<name>; returns that channel's S3 prefix."""
-    import hashlib
 
     from bincli.data.s3 import error_code, join_key, make_client
 
     if not path.is_file():
         raise ConfigError(f"train.weights_file: {path} is not a file", hint="give the path of a state_dict (.pth)")
-    with path.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()  # streamed, as data/split.py hashes photos
+    digest = file_sha256(path)
     folder = join_key(prefix, "sagemaker", "weights", digest[:16])
     key = join_key(folder, path.name)
     s3 = make_client(region=region)
