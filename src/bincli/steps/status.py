@@ -28,7 +28,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from bincli.backends import get_backend
 from bincli.config import Config
 from bincli.errors import BincliError
 from bincli.state import STEP_ORDER, State
@@ -81,8 +80,10 @@ def _pending(record: dict[str, Any] | None) -> str | None:
 def endpoint_now(cfg: Config) -> dict[str, Any] | None:
     """The deployed endpoint as its backend sees it now (local: its processes and a /ping;
     SageMaker: DescribeEndpoint). An error reaching it is shown, not raised: status always answers."""
+    from bincli import backends  # looked up at each call, not bound once at import
+
     try:
-        return get_backend(cfg).endpoint_status()
+        return backends.get_backend(cfg).endpoint_status()
     except BincliError as exc:
         return {"error": str(exc)}
 
