@@ -14,7 +14,8 @@ model.tar.gz (with its ONNX graph) and served by `bincli deploy` (a background
   handler        where one request's time goes in that process, wall and thread CPU, torch on one thread as
                  in the server: decode, pixels (the eval preset's resize), forward, answer+JSON, all four
   endpoint       for each batching setting (deploy.max_batch_size 8 and 1): 1 client (keep-alive, the
-                 stdlib's http.client: see Lean; httpx too) p50/p95; 8 clients at once, req/s, server and
+                 stdlib's http.client: see Lean; httpx too) p50/p95, and the server's own stage times for
+                 them (/metrics stages_ms: read, prepare, wait, forward, respond); 8 clients at once, req/s, server and
                  client CPU per request, batch sizes; boto3 invoke_endpoint p50 (what `bincli predict`
                  sends); GET /ping p50 (the HTTP round trip alone)
   goals          1-client p50 <= 1.15x the fastest runtime's bare batch-1 forward; 8-client req/s >= 0.9x
@@ -325,6 +326,7 @@ def endpoint_figures(cfg_values: dict, tar: Path, floors: Floors, fastest: tuple
             o, _ = one_client(record["url"], bodies, per)
             out["one"] += o
             out["rounds"].append((statistics.median(f1), statistics.median(o)))
+        out["stages"] = httpx_get_json(record["url"] + "/metrics").get("stages_ms", {})  # the 1-client requests
         server_pid, out["cpu"] = record.get("pid"), []
         before = httpx_get_json(record["url"] + "/metrics").get("batching", {})
         for _ in range(max(2, args.rounds // 2)):
@@ -412,6 +414,10 @@ def main() -> None:
         print(f"endpoint, batching {mode} (deploy {r['start_s']:.1f} s to /ping healthy):")
         print(f"  1 client, HTTP keep-alive       p50 {statistics.median(one):7.1f} ms   p95 {pct(one, .95):7.1f} ms "
               f"(stdlib http.client; httpx: p50 {statistics.median(r['httpx_one']):.1f} ms)")
+        stages = {k: v["p50"] for k, v in r["stages"].items() if v.get("p50") is not None}
+        if stages:
+            print("    server side p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                  + f"; outside them (HTTP, hand-offs, the client) {statistics.median(one) - sum(stages.values()):.2f}")
         print(f"  1 client, boto3 invoke_endpoint p50 {statistics.median(r['boto']):7.1f} ms")
         print(f"  HTTP round trip, GET /ping      p50 {statistics.median(r['ping']):7.1f} ms")
         print(f"  {args.clients} clients at once              p50 {statistics.median(many):7.1f} ms   "

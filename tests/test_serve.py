@@ -204,6 +204,36 @@ def test_a_lone_request_waits_for_nobody(model, abid_sample, monkeypatch):
     assert batching["batches"] == 3 and batching["images"] == 3 and batching["largest"] == 1
 
 
+@pytest.mark.parametrize("max_batch_size", [8, 1])
+def test_metrics_say_where_a_request_spent_its_time(model, abid_sample, max_batch_size):
+    """stages_ms: a decode made 60 ms slower shows in prepare, a forward made 120 ms slower in forward."""
+
+    def slow_pixels(img):
+        time.sleep(0.06)  # the cost of a big photo's decode, not a wait for anything
+        return model.pixels(img)
+
+    class Slow:
+        name = "slow"
+
+        def __call__(self, batch):
+            time.sleep(0.12)
+            return model.runtime(batch)
+
+    slowed = dataclasses.replace(model, runtime=Slow(), pixels=slow_pixels)
+    body = sample_images(abid_sample, 1)[0].read_bytes()
+    with ServerThread(slowed, name="timed", max_batch_size=max_batch_size) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        for _ in range(3):
+            assert c.post("/invocations", content=body, headers={"Content-Type": "image/jpeg"}).status_code == 200
+        assert c.post("/invocations", content=b"junk", headers={"Content-Type": "image/jpeg"}).status_code == 400
+        metrics = c.get("/metrics").json()
+    stages = {name: q["p50"] for name, q in metrics["stages_ms"].items()}
+    assert set(stages) == {"read", "prepare", "wait", "forward", "respond"}
+    assert 60 <= stages["prepare"] < 120 + 60 and 120 <= stages["forward"] < 2 * 120 + 60
+    assert stages["wait"] < 60 and stages["read"] < 60 and stages["respond"] < 60  # a lone request waits for nobody
+    assert sum(stages.values()) <= metrics["latency_ms"]["p50"]  # the 400 is counted in latency, not in stages
+
+
 def test_batching_off_runs_each_request_alone(model, abid_sample):
     body = sample_images(abid_sample, 1)[0].read_bytes()
     with ServerThread(model, name="unbatched", max_batch_size=1) as srv:

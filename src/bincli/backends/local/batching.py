@@ -54,8 +54,8 @@ class Batcher:
         self.largest = 0
         self.busy_s = 0.0  # wall time with a forward running: near the uptime under load, or the cores idle
 
-    async def submit(self, item: Any) -> tuple[Any, int]:
-        """(this item's answer, the size of the batch it ran in)."""
+    async def submit(self, item: Any) -> tuple[Any, int, float]:
+        """(this item's answer, the size of the batch it ran in, the seconds that batch's forward took)."""
         future = asyncio.get_running_loop().create_future()
         self.queue.append((item, future))
         self.changed.set()
@@ -93,9 +93,11 @@ class Batcher:
         self.images += 1
         self.largest = max(self.largest, 1)
 
-    def _locked_forward(self, items: list) -> list:
+    def _locked_forward(self, items: list) -> tuple[list, float]:
+        """(answers, seconds the forward took once it held the lock)."""
         with self.lock:
-            return self.forward(items)
+            t0 = time.perf_counter()
+            return self.forward(items), time.perf_counter() - t0
 
     @contextlib.contextmanager
     def preparing_one(self):
@@ -132,7 +134,8 @@ class Batcher:
                 continue
             t0 = loop.time()
             try:
-                answers = await loop.run_in_executor(self.pool, self._locked_forward, [item for item, _ in batch])
+                answers, seconds = await loop.run_in_executor(self.pool, self._locked_forward,
+                                                              [item for item, _ in batch])
             except Exception as exc:  # a server error: every request of this batch gets it
                 for _, fut in batch:
                     if not fut.done():
@@ -146,7 +149,7 @@ class Batcher:
             self.largest = max(self.largest, len(batch))
             for (_, fut), answer in zip(batch, answers, strict=True):
                 if not fut.done():
-                    fut.set_result((answer, len(batch)))
+                    fut.set_result((answer, len(batch), seconds))
 
     def snapshot(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_size, "max_batch_delay_ms": round(self.delay_s * 1000, 3),

@@ -4,7 +4,8 @@
     POST /invocations                   the container API: image bytes in, JSON answer out
     POST /endpoints/<name>/invocations  the runtime API path, so boto3's `sagemaker-runtime`
                                         invoke_endpoint works with endpoint_url=<this server>
-    GET  /metrics                       requests, errors, statuses, latency p50/p95 (JSON)
+    GET  /metrics                       requests, errors, statuses, latency p50/p95, where the time went
+                                        (stages_ms: read, prepare, wait, forward, respond), batching (JSON)
     GET  /info                          name, pid, model and its classes
 
 Every answer comes from bincli.core.inference's model_fn/input_fn/predict_fn/output_fn, the
@@ -79,6 +80,12 @@ def settings(**values: Any) -> DeployConfig:
     return DeployConfig(**values)
 
 
+# The stages of an answered request, as /metrics times them: reading the body; decoding and resizing it
+# (on a pool thread); waiting for a forward (batching: the batch to form, or the forward before it); the
+# forward of the batch it ran in, answers included; and the answer's JSON.
+STAGES = ("read", "prepare", "wait", "forward", "respond")
+
+
 class Stats:
     """Request counters and recent latencies. Touched only from the event loop thread."""
 
@@ -88,27 +95,34 @@ class Stats:
         self.errors = 0
         self.by_status: collections.Counter[int] = collections.Counter()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=keep)
+        self.stages_ms: dict[str, collections.deque[float]] = {s: collections.deque(maxlen=keep) for s in STAGES}
         self.in_flight = 0
 
-    def record(self, status: int, ms: float) -> None:
+    def record(self, status: int, ms: float, stages: dict[str, float] | None = None) -> None:
         self.requests += 1
         self.errors += status >= 400
         self.by_status[status] += 1
         self.latencies_ms.append(ms)
+        if status == 200 and stages:
+            for name, seconds in stages.items():
+                self.stages_ms[name].append(seconds * 1000)
 
     def snapshot(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
-
-        def q(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
-
         return {
             "requests": self.requests, "errors": self.errors, "in_flight": self.in_flight,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "latency_ms": {"p50": q(0.50), "p95": q(0.95), "max": round(lat[-1], 3) if lat else None,
+            "latency_ms": {**_quantiles(lat, 0.50, 0.95), "max": round(lat[-1], 3) if lat else None,
                            "mean": round(sum(lat) / len(lat), 3) if lat else None, "window": len(lat)},
+            # Where an answered request's time went, server side (p50/p95 over the same window).
+            "stages_ms": {name: _quantiles(sorted(values), 0.50, 0.95) for name, values in self.stages_ms.items()},
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+
+def _quantiles(ordered: list[float], *ps: float) -> dict[str, float | None]:
+    return {f"p{round(p * 100)}": round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3) if ordered else None
+            for p in ps}
 
 
 # ---------------------------------------------------------------- routes
@@ -215,21 +229,30 @@ async def _invoke(request) -> tuple[int, bytes, str]:
     accept = request.headers.get("accept")
     if not accept or accept.strip() == "*/*":  # as SageMaker's toolkit does
         accept = JSON_CONTENT_TYPE
+    stages: dict[str, float] = {}
     try:
         body = await _read_body(request, state.settings.body_timeout)
+        t_read = time.perf_counter()
+        stages["read"] = t_read - t0
         loop = asyncio.get_running_loop()
         if state.batcher is None:
-            text, out_type = await loop.run_in_executor(state.pool, inference.handle_request, state.model, body,
-                                                        content_type, accept)
+            text, out_type, timed = await loop.run_in_executor(state.pool, _handle_timed, state.model, body,
+                                                               content_type, accept)
+            stages.update(timed)
         else:  # decode here, alone (a 4xx is this request's); the forward with whatever else is waiting
             with state.batcher.preparing_one():
-                image, answer = await loop.run_in_executor(state.pool, _prepare_or_run_alone, state.model,
-                                                           state.batcher, loop, body, content_type)
+                image, answer, timed = await loop.run_in_executor(state.pool, _prepare_or_run_alone, state.model,
+                                                                  state.batcher, loop, body, content_type)
+            stages.update(timed)
             if answer is NOT_ALONE:
-                answer, request.state.batch_size = await state.batcher.submit(image)
+                t_queued = time.perf_counter()
+                answer, request.state.batch_size, stages["forward"] = await state.batcher.submit(image)
+                stages["wait"] = time.perf_counter() - t_queued - stages["forward"]
             else:  # nobody else was there: its forward ran on the pool thread (batching.py)
                 request.state.batch_size = 1
+            t_answer = time.perf_counter()
             text, out_type = inference.output_fn(answer, accept)
+            stages["respond"] = time.perf_counter() - t_answer
         status, payload = 200, text.encode("utf-8")
     except inference.InferenceError as exc:
         status, out_type = exc.status_code, JSON_CONTENT_TYPE
@@ -244,7 +267,7 @@ async def _invoke(request) -> tuple[int, bytes, str]:
     finally:
         state.stats.in_flight -= 1
     ms = (time.perf_counter() - t0) * 1000
-    state.stats.record(status, ms)
+    state.stats.record(status, ms, stages)
     if status == 499:
         log.info("%s %s 499 %.1fms: the client went away before sending its whole request (announced %s bytes)",
                  request.method, request.url.path, ms, request.headers.get("content-length", "no length"))
@@ -261,11 +284,29 @@ def _prepare(model: Any, body: bytes, content_type: str | None):
 
 
 def _prepare_or_run_alone(model: Any, batcher: Batcher, loop: asyncio.AbstractEventLoop, body: bytes,
-                          content_type: str | None) -> tuple[Any, Any]:
-    """(pixels, answer): the answer from a forward run here when the request is alone (Batcher.run_alone),
-    else NOT_ALONE (submit the pixels)."""
+                          content_type: str | None) -> tuple[Any, Any, dict[str, float]]:
+    """(pixels, answer, stage seconds): the answer from a forward run here when the request is alone
+    (Batcher.run_alone), else NOT_ALONE (submit the pixels)."""
+    t0 = time.perf_counter()
     image = _prepare(model, body, content_type)
-    return image, batcher.run_alone(loop, image)
+    t1 = time.perf_counter()
+    answer = batcher.run_alone(loop, image)
+    if answer is NOT_ALONE:
+        return image, answer, {"prepare": t1 - t0}
+    return image, answer, {"prepare": t1 - t0, "wait": 0.0, "forward": time.perf_counter() - t1}
+
+
+def _handle_timed(model: Any, body: bytes, content_type: str | None, accept: str | None):
+    """Batching off: inference.handle_request's three steps, with their stage seconds."""
+    from bincli.core import inference
+
+    t0 = time.perf_counter()
+    image = _prepare(model, body, content_type)
+    t1 = time.perf_counter()
+    answer = _forward(model, [image])[0]
+    t2 = time.perf_counter()
+    text, out_type = inference.output_fn(answer, accept)
+    return text, out_type, {"prepare": t1 - t0, "wait": 0.0, "forward": t2 - t1, "respond": time.perf_counter() - t2}
 
 
 def _forward(model: Any, images: list) -> list[dict[str, Any]]:
