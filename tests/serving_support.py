@@ -86,19 +86,20 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, bytes, str | None, int]]:
 
 # ---------------------------------------------------------------- a real server in a thread
 class ServerThread:
-    """bincli's endpoint app served by uvicorn on 127.0.0.1:<free port>, in a background thread, with the
+    """bincli's endpoint app served by uvicorn on host:port (127.0.0.1:<free port>), in a background thread, with the
     server's own protocol and limits (`limits`: DeployConfig's body_timeout, keep_alive_timeout, max_connections)."""
 
-    def __init__(self, model, name: str = "bincli-test", threads: int = 4, **limits):
+    def __init__(self, model, name: str = "bincli-test", threads: int = 4, host: str = "127.0.0.1", port: int = 0,
+                 **limits):
         from bincli.backends.local.server import bind, create_app, make_server, settings, url_of
 
         self.name = name
         self.settings = settings(name=name, threads=threads, **limits)
         self.app = create_app(model, self.settings)
-        self.sock = bind("127.0.0.1", 0)
+        self.sock = bind(host, port)
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
-        self.url = url_of("127.0.0.1", self.port)
+        self.url = url_of(host, self.port)
         self.server = make_server(self.app, self.settings)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -80,6 +80,74 @@ def test_vectorised_decoding_matches_one_by_one():
         assert one["expected_count"] == pytest.approx(e) and one["median_count"] == m
 
 
+def _count_range_numpy(probs, counts, level):
+    """count_range as numpy computed it before it went plain Python: every width, every start."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    for width in range(1, p.size + 1):
+        mass = cum[width:] - cum[:-width]
+        if mass.max() >= level - 1e-9:
+            start = int(mass.argmax())
+            return [counts[start], counts[start + width - 1]]
+    return [counts[0], counts[-1]]
+
+
+def _random_distributions(rng, k: int, n: int):
+    """Dirichlet draws (flat to peaked), float32 round trips, and ties: equal classes, equal runs, 0s."""
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            p = rng.dirichlet(np.full(k, rng.choice([0.1, 1.0, 10.0])))
+        elif kind == 1:
+            p = rng.dirichlet(np.ones(k)).astype(np.float32).astype(np.float64)
+        elif kind == 2:  # small integers: many equal classes and equal runs, exact zeros
+            p = rng.integers(0, 4, k).astype(np.float64)
+            p[rng.integers(k)] += 1
+            p /= p.sum()
+        else:  # exact binary fractions: ties that stay ties whatever the order of the sums
+            p = rng.integers(0, 3, k) / 8.0
+            p[rng.integers(k)] += 0.125
+        yield p
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 6, 7, 8, 9, 16, 17, 64, 128, 129, 200, 201])
+def test_one_answer_in_plain_python_equals_the_vectorised_decoding(k):
+    """describe() decodes one answer without numpy; it must agree with the numpy functions that decode
+    many: the same counts and ranges (tie rules included) and confidence to the bit, the same mean."""
+    rng = np.random.default_rng(k)
+    counts = list(range(k)) if k % 2 else list(range(1, k + 1))
+    dists = list(_random_distributions(rng, k, 120))
+    batch = np.stack(dists)
+    exp, med = counting.expected_counts(batch, counts), counting.median_counts(batch, counts)
+    for p, e, m in zip(dists, exp, med, strict=True):
+        values = p.tolist()  # what the handler and an answer's JSON hold: Python floats
+        for level in (0.5, 0.8, 1.0, float(rng.uniform(0.05, 1.0))):
+            one = counting.describe(values, counts, level)
+            assert one["median_count"] == int(m) and type(one["median_count"]) is int
+            assert one["count_range"] == _count_range_numpy(p, counts, level)
+            assert one["confidence"] == float(p.max() / p.sum())
+            assert one["expected_count"] == pytest.approx(float(e), rel=1e-12, abs=1e-12)
+        assert int(counting.argmax_counts(p, counts)[0]) == counts[values.index(max(values))]
+    labels = [*map(str, counts[:-1]), f"{counts[-1]}+"]
+    answer = dict(zip(labels, dists[0].tolist(), strict=True))
+    assert counting.describe_answer(answer) == counting.describe(dists[0].tolist(), counts)
+
+
+def test_the_cli_path_decodes_without_numpy():
+    """predict's per-answer decoding must not import numpy (0.17 s of a cold `bincli predict`)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom bincli.core import counting\n"
+            "d = counting.describe_answer({'1': 0.2, '2': 0.5, '3': 0.3})\n"
+            "c = counting.order_check({'1': 0.2, '2': 0.5, '3': 0.3}, 2)\n"
+            "print(d['count_range'], c['verdict'], 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[2,", "3]", "review", "False"]  # 0.5 + 0.3 hold the 80%
+
+
 # ---------------------------------------------------------------- order checks by hand
 def test_verdicts():
     probs = {"1": 0.01, "2": 0.02, "3": 0.85, "4": 0.10, "5": 0.02}

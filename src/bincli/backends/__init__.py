@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bincli.errors import UsageError
 
 if TYPE_CHECKING:
-    from bincli.backends.runtime import EndpointPredictor
+    from bincli.backends.runtime import RuntimeClient
     from bincli.config import Config
 
 # Which backend offers each optional feature: the one table behind every "not available" message.
@@ -84,7 +84,7 @@ class Backend(Protocol):
 
     def endpoint_status(self) -> dict[str, Any] | None: ...
 
-    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor: ...
+    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> RuntimeClient: ...
 
     def upload(self) -> dict[str, Any]: ...
 

@@ -1,20 +1,33 @@
-"""The runtime client both backends answer predict and evaluate with: boto3's invoke_endpoint.
+"""The runtime client of backend sagemaker: boto3's invoke_endpoint, and PredictError, which every
+runtime client (and the in-process predictor) raises for one refused image.
 
-For the local backend it is pointed at the local server with endpoint_url and sends unsigned
-requests (no AWS account); for backend sagemaker it reaches the real endpoint with boto3's
-credentials. No torch here, so a cold `bincli predict` answers fast. A body over the backend's
+It reaches the real endpoint with boto3's credentials; pointed at a local server with endpoint_url
+and signed=False it sends unsigned requests (no AWS account). The local backend itself answers with
+backends/local/client.py (http.client: no boto3 to import). No torch here, and boto3 is imported
+only when a client is built, so a cold `bincli predict` answers fast. A body over the backend's
 `max_payload` (SageMaker: 6 MB, 4 MB serverless) is refused here, before it is sent.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from bincli.core.contract import JSON_CONTENT_TYPE
 from bincli.errors import BincliError, StateError
 
 LOCAL_REGION = "us-east-1"  # botocore needs a region to build a client; a local endpoint ignores it
+
+
+class RuntimeClient(Protocol):
+    """What predict, evaluate and loadtest call an endpoint with (EndpointPredictor, LocalEndpointClient)."""
+
+    name: str
+    where: str  # the endpoint as messages name it
+
+    def invoke(self, body: bytes, content_type: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class PredictError(Exception):

@@ -16,16 +16,19 @@ from that same distribution:
 
 Also the calibration tools the trainer and evaluation share: temperature fitting (divide the
 logits by one scalar T chosen to minimise the valid log-loss), the expected calibration error,
-and accuracy against coverage. numpy + stdlib only: the CLI imports this without torch.
+and accuracy against coverage. No torch: the CLI imports this. One answer is decoded in plain
+Python (K <= 201 classes: loops beat numpy's per-call overhead, and a cold `bincli predict` skips
+numpy's 0.17 s import); numpy is imported inside the functions that work over many images.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_RANGE_LEVEL = 0.8
 # Order-check thresholds on p_expected (predict.match_threshold / mismatch_threshold), chosen on the
@@ -46,19 +49,114 @@ def counts_of_labels(labels: Sequence[str]) -> list[int]:
 
 
 def _as_2d(probs: Any) -> np.ndarray:
+    import numpy as np
+
     p = np.asarray(probs, dtype=np.float64)
     return p[None, :] if p.ndim == 1 else p
+
+
+# ---------------------------------------------------------------- decoding one answer (plain Python)
+def _total(p: Sequence[float]) -> float:
+    """sum(p) added in numpy's order (its pairwise summation), so the normalised probabilities, and with
+    them median, range and confidence, are bit for bit those of the vectorised functions."""
+    n = len(p)
+    if n < 8:
+        total = 0.0
+        for x in p:
+            total += x
+        return total
+    if n <= 128:  # 8 accumulators, combined as a tree, then the rest one by one
+        r = list(p[:8])
+        i = 8
+        while i < n - n % 8:
+            for j in range(8):
+                r[j] += p[i + j]
+            i += 8
+        total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for x in p[i:]:
+            total += x
+        return total
+    half = n // 2 - (n // 2) % 8
+    return _total(p[:half]) + _total(p[half:])
+
+
+def expected_count(probs: Sequence[float], counts: Sequence[int]) -> float:
+    """The mean count of one answer (renormalised: rounding never shifts it)."""
+    p = [float(x) for x in probs]
+    s = 0.0
+    for x, c in zip(p, counts, strict=True):
+        s += x * c
+    return s / _total(p)
+
+
+def median_count(probs: Sequence[float], counts: Sequence[int]) -> int:
+    """The median count of one answer: the first class whose cumulative probability reaches half."""
+    p = [float(x) for x in probs]
+    total, cum, below = _total(p), 0.0, 0
+    for x in p:
+        cum += x
+        below += cum / total < 0.5 - _TOL
+    return int(counts[min(below, len(p) - 1)])
+
+
+def count_range(probs: Sequence[float], counts: Sequence[int], level: float = DEFAULT_RANGE_LEVEL) -> list[int]:
+    """[low, high]: the fewest consecutive classes holding >= level of the probability.
+
+    Among equally narrow runs the one holding more wins, then the lower one. The narrowest width comes
+    from two pointers (a run's end never moves left as its start moves right), then one pass at that
+    width picks the run: O(K) for any level."""
+    if not 0 < level <= 1:
+        raise ValueError(f"count range level must be in (0, 1], got {level}")
+    p = [float(x) for x in probs]
+    total = _total(p)
+    cum, c = [0.0], 0.0
+    for x in p:
+        c += x / total
+        cum.append(c)
+    k, need = len(p), level - _TOL
+    width, end = None, 0
+    for start in range(k):  # the run start..end-1 holds cum[end] - cum[start]
+        end = max(end, start + 1)
+        while end <= k and cum[end] - cum[start] < need:
+            end += 1
+        if end > k:
+            break  # no run from here (nor from any later start) holds enough
+        if width is None or end - start < width:
+            width = end - start
+    if width is None:
+        return [int(counts[0]), int(counts[-1])]  # only with NaN: numpy's version answered this too
+    best, first = cum[width] - cum[0], 0
+    for start in range(1, k - width + 1):
+        mass = cum[start + width] - cum[start]
+        if mass > best:  # strictly: the lower of equal runs
+            best, first = mass, start
+    return [int(counts[first]), int(counts[first + width - 1])]
+
+
+def describe(probs: Sequence[float], counts: Sequence[int], level: float = DEFAULT_RANGE_LEVEL) -> dict[str, Any]:
+    """The count-aware fields of one answer (beside count, label and probabilities)."""
+    p = [float(x) for x in probs]
+    return {
+        "expected_count": expected_count(p, counts),
+        "median_count": median_count(p, counts),
+        "count_range": count_range(p, counts, level),
+        "confidence": max(p) / _total(p),
+    }
 
 
 # ---------------------------------------------------------------- decoding (vectorised over images)
 def expected_counts(probs: Any, counts: Sequence[int]) -> np.ndarray:
     """Mean count per image, (N,) from (N, K) probabilities (renormalised: rounding never shifts it)."""
+    import numpy as np
+
     p = _as_2d(probs)
     return (p @ np.asarray(counts, dtype=np.float64)) / p.sum(axis=1)
 
 
 def median_counts(probs: Any, counts: Sequence[int]) -> np.ndarray:
     """Median count per image: the first class whose cumulative probability reaches half."""
+    import numpy as np
+
     p = _as_2d(probs)
     cum = np.cumsum(p, axis=1) / p.sum(axis=1, keepdims=True)
     idx = (cum < 0.5 - _TOL).sum(axis=1)
@@ -67,37 +165,9 @@ def median_counts(probs: Any, counts: Sequence[int]) -> np.ndarray:
 
 def argmax_counts(probs: Any, counts: Sequence[int]) -> np.ndarray:
     """Most likely count per image (ties: the lower count, as numpy's argmax and the handler)."""
+    import numpy as np
+
     return np.asarray(counts, dtype=np.int64)[_as_2d(probs).argmax(axis=1)]
-
-
-def count_range(probs: Sequence[float], counts: Sequence[int], level: float = DEFAULT_RANGE_LEVEL) -> list[int]:
-    """[low, high]: the fewest consecutive classes holding >= level of the probability.
-
-    Among equally narrow runs the one holding more wins, then the lower one. K is at most 201,
-    so trying every run is cheap."""
-    if not 0 < level <= 1:
-        raise ValueError(f"count range level must be in (0, 1], got {level}")
-    p = np.asarray(probs, dtype=np.float64)
-    p = p / p.sum()
-    cum = np.concatenate([[0.0], np.cumsum(p)])
-    k = p.size
-    for width in range(1, k + 1):
-        mass = cum[width:] - cum[:-width]  # run starting at i covers i..i+width-1
-        if mass.max() >= level - _TOL:
-            start = int(mass.argmax())
-            return [int(counts[start]), int(counts[start + width - 1])]
-    return [int(counts[0]), int(counts[-1])]  # unreachable: the full run holds everything
-
-
-def describe(probs: Sequence[float], counts: Sequence[int], level: float = DEFAULT_RANGE_LEVEL) -> dict[str, Any]:
-    """The count-aware fields of one answer (beside count, label and probabilities)."""
-    p = np.asarray(probs, dtype=np.float64)
-    return {
-        "expected_count": float(expected_counts(p, counts)[0]),
-        "median_count": int(median_counts(p, counts)[0]),
-        "count_range": count_range(p, counts, level),
-        "confidence": float(p.max() / p.sum()),
-    }
 
 
 def describe_answer(probabilities: Mapping[str, float], level: float = DEFAULT_RANGE_LEVEL) -> dict[str, Any]:
@@ -143,6 +213,8 @@ def order_check(probabilities: Mapping[str, float], expected: int, match_thresho
 
 # ---------------------------------------------------------------- temperature scaling
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    import numpy as np
+
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -151,6 +223,8 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
 
 def log_loss_at(logits: Any, targets: Any, temperature: float = 1.0) -> float:
     """Mean cross-entropy of the true class with the logits divided by `temperature`."""
+    import numpy as np
+
     z = np.asarray(logits, dtype=np.float64) / temperature
     t = np.asarray(targets, dtype=np.int64)
     top = z.max(axis=1)
@@ -164,6 +238,8 @@ def fit_temperature(logits: Any, targets: Any, low: float = 0.05, high: float = 
 
     T stays 1.0 unless it lowers the log-loss on these (valid) logits, so fitting never raises it.
     The log-loss of a temperature is convex in 1/T, so one minimum: golden section finds it."""
+    import numpy as np
+
     if np.asarray(targets).size == 0:
         return 1.0, float("nan"), float("nan")
     base = log_loss_at(logits, targets, 1.0)
@@ -190,6 +266,8 @@ def fit_temperature(logits: Any, targets: Any, low: float = 0.05, high: float = 
 def reliability(probs: Any, targets: Any, bins: int = ECE_BINS) -> dict[str, Any]:
     """Confidence (top probability) in `bins` equal-width bins: per bin n, mean confidence and accuracy,
     and the expected calibration error ECE = sum over bins of n_b/N * |accuracy_b - confidence_b|."""
+    import numpy as np
+
     p = _as_2d(probs)
     t = np.asarray(targets, dtype=np.int64)
     conf = p.max(axis=1) / p.sum(axis=1)
@@ -212,6 +290,8 @@ def coverage_curve(probs: Any, targets: Any, coverages: Sequence[float] = COVERA
     """Accuracy of the k% most confident images, for each k in `coverages` (a review queue takes the rest).
     Images tied in confidence at the cut count with their group's mean accuracy (the expectation over
     any order of the ties), so a constant-confidence answer (the baseline) gives a flat curve."""
+    import numpy as np
+
     p = _as_2d(probs)
     t = np.asarray(targets, dtype=np.int64)
     conf = p.max(axis=1) / p.sum(axis=1)
@@ -232,6 +312,8 @@ def coverage_curve(probs: Any, targets: Any, coverages: Sequence[float] = COVERA
 
 def count_errors(probs: Any, targets: Any, counts: Sequence[int]) -> dict[str, dict[str, float]]:
     """MAE and RMSE of the count read three ways: argmax, median, expectation."""
+    import numpy as np
+
     t = np.asarray(counts, dtype=np.float64)[np.asarray(targets, dtype=np.int64)]
     out = {}
     for name, guess in (("argmax", argmax_counts(probs, counts)), ("median", median_counts(probs, counts)),
@@ -244,6 +326,8 @@ def count_errors(probs: Any, targets: Any, counts: Sequence[int]) -> dict[str, d
 
 def total_count(probs: Any, targets: Any, counts: Sequence[int]) -> dict[str, float]:
     """The split's total: sum of expected counts vs the true sum (what stock planning would book)."""
+    import numpy as np
+
     true = float(np.asarray(counts, dtype=np.float64)[np.asarray(targets, dtype=np.int64)].sum())
     predicted = float(expected_counts(probs, counts).sum()) if np.asarray(targets).size else 0.0
     return {"predicted": predicted, "true": true, "error": predicted - true,

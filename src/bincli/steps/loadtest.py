@@ -2,8 +2,8 @@
 
 What SageMaker Inference Recommender sells as a service, for one endpoint: real photos at rising
 concurrency (1, 2, 4, ... max_clients clients), each client a thread sending one request after
-another through the backend's runtime client (boto3's keep-alive connection pool, one connection
-per client), each step bounded in time and in requests. Per step: requests/s, latency
+another through the backend's runtime client (its keep-alive connection pool: one connection per
+client), each step bounded in time and in requests. Per step: requests/s, latency
 p50/p95/p99 of the answered requests, errors, and the load generator's own CPU per request
 (time.process_time of this process / requests), which shows whether the client or the endpoint is
 the bottleneck. Rising stops at the first step over the SLO: more clients only queue longer.

@@ -1,9 +1,10 @@
 """`bincli predict`: count the items in bin photos, through an endpoint or an in-process model.
 
-One client path for every endpoint: boto3's `sagemaker-runtime` invoke_endpoint. For the local
-backend it is pointed at the local server with endpoint_url (unsigned requests: no AWS account);
-for backend sagemaker it reaches the real endpoint with boto3's credentials. The endpoint path
-never imports torch, so a cold `bincli predict` answers fast. `--model model.tar.gz` instead loads
+One request for every endpoint: SageMaker's runtime invoke_endpoint, sent by the backend's runtime
+client: for backend sagemaker boto3's `sagemaker-runtime` client with its credentials; for the local
+backend the standard library's http.client to the same path on the local server (backends/local/client.py).
+The endpoint path imports neither torch nor boto3 (local) nor numpy, so a cold `bincli predict` answers
+fast (issue 14: 0.6 s against 1.1 s with boto3). `--model model.tar.gz` instead loads
 the model in this process and runs the same handler functions the endpoint runs.
 
 Each image's answer: {"image", "count", "label", "confidence", "probabilities", "expected_count",

@@ -5,16 +5,19 @@ the endpoint is a FastAPI server in a background process.
     tuner.py     Optuna trials of that same process
     endpoint.py  deploy/teardown: the server process, its record in state, its lifetime
     server.py    the FastAPI app: SageMaker's container and runtime API over one loaded model
+    client.py    the runtime client predict/evaluate/loadtest call it with (http.client: no boto3)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bincli.backends import BaseBackend, TrainingRun
-from bincli.backends.runtime import EndpointPredictor
+
+if TYPE_CHECKING:
+    from bincli.backends.local.client import LocalEndpointClient
 
 PING_TIMEOUT_S = 1.0  # `bincli status` asks a local endpoint whether it answers: it should be quick
 
@@ -62,7 +65,8 @@ class LocalBackend(BaseBackend):
         return {"name": record["name"], "status": "running" if up else "not running", "alive": alive,
                 "url": record.get("url"), "instances": up, "desired_instances": len(servers_of(record))}
 
-    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> EndpointPredictor:
+    def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> LocalEndpointClient:
+        from bincli.backends.local.client import LocalEndpointClient
         from bincli.backends.local.endpoint import running_endpoint
         from bincli.backends.records import endpoint_to_call
         from bincli.state import State
@@ -73,9 +77,7 @@ class LocalBackend(BaseBackend):
         else:
             name, url = endpoint_to_call(State(self.cfg.workdir), endpoint, endpoint_url,
                                          self.cfg.deploy.name), endpoint_url
-        p = self.cfg.predict
-        return EndpointPredictor(name, url, region=self.cfg.sagemaker.region, timeout=p.timeout,
-                                 concurrency=p.concurrency, signed=False)
+        return LocalEndpointClient(name, url, timeout=self.cfg.predict.timeout)
 
     def upload(self) -> dict[str, Any]:
         from bincli.data.upload import run_upload
