@@ -16,8 +16,8 @@ model.tar.gz (with its ONNX graph) and served by `bincli deploy` (a background
   endpoint       for each batching setting (deploy.max_batch_size 8 and 1): 1 client (keep-alive, the
                  stdlib's http.client: see Lean; httpx too) p50/p95, and the server's own stage times for
                  them (/metrics stages_ms: read, prepare, wait, forward, respond); 8 clients at once, req/s, server and
-                 client CPU per request, batch sizes; boto3 invoke_endpoint p50 (what `bincli predict`
-                 sends); GET /ping p50 (the HTTP round trip alone)
+                 client CPU per request, batch sizes; the local backend's runtime client p50 (what
+                 `bincli predict` sends: backends/local/client.py); GET /ping p50 (the HTTP round trip alone)
   goals          1-client p50 <= 1.15x the fastest runtime's bare batch-1 forward; 8-client req/s >= 0.9x
                  the best batch-8 img/s. Ratios per round of (floor, endpoint) measured back to back, so
                  load from elsewhere on the machine hits both alike; the GOALS block at the end says MET or not
@@ -244,10 +244,11 @@ def ping_client(url: str, n: int) -> list[float]:
     return lat
 
 
-def boto3_client(name: str, url: str, bodies: list[bytes], n: int) -> list[float]:
-    from bincli.backends.runtime import EndpointPredictor
+def runtime_client(name: str, url: str, bodies: list[bytes], n: int) -> list[float]:
+    """What `bincli predict` sends to a local endpoint: the local backend's runtime client."""
+    from bincli.backends.local.client import LocalEndpointClient
 
-    p = EndpointPredictor(name, url)
+    p = LocalEndpointClient(name, url)
     p.invoke(bodies[0], "image/jpeg")
     lat = []
     for i in range(n):
@@ -347,7 +348,7 @@ def endpoint_figures(cfg_values: dict, tar: Path, floors: Floors, fastest: tuple
         out["httpx_many"] = many_clients(record["url"], bodies, args.clients * max(3, per // 2), args.clients,
                                          lib="httpx")[1]
         out["ping"] = ping_client(record["url"], args.requests)
-        out["boto"] = boto3_client(record["name"], record["url"], bodies, args.requests)
+        out["client"] = runtime_client(record["name"], record["url"], bodies, args.requests)
         out["cold"] = cold_predict(cfg.workdir, images[0], args.cold_rounds) if cold else None
     finally:
         teardown(cfg)
@@ -418,7 +419,7 @@ def main() -> None:
         if stages:
             print("    server side p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
                   + f"; outside them (HTTP, hand-offs, the client) {statistics.median(one) - sum(stages.values()):.2f}")
-        print(f"  1 client, boto3 invoke_endpoint p50 {statistics.median(r['boto']):7.1f} ms")
+        print(f"  1 client, bincli's runtime client p50 {statistics.median(r['client']):5.1f} ms (what predict sends)")
         print(f"  HTTP round trip, GET /ping      p50 {statistics.median(r['ping']):7.1f} ms")
         print(f"  {args.clients} clients at once              p50 {statistics.median(many):7.1f} ms   "
               f"{statistics.median(x[1] for x in r['many_rounds']):6.1f} req/s "
