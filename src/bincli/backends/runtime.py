@@ -39,6 +39,18 @@ class PredictError(Exception):
         self.message = message
 
 
+def runtime_error(where: str, code: str, message: str, original_status: Any = None,
+                  original_message: str | None = None) -> Exception:
+    """The error a runtime-API refusal means, for either runtime client: ModelError is the model's container
+    refusing this image (PredictError with its own status and message); "Endpoint X not found." a wrong name."""
+    if code == "ModelError":
+        return PredictError(int(original_status) if original_status else None, original_message or message)
+    if code == "ValidationError" and "not found" in message.lower():
+        return StateError(f"no endpoint {where}: {message}",
+                          hint="check the name with 'bincli status', or run 'bincli deploy'")
+    return BincliError(f"endpoint {where}: {code}: {message}")
+
+
 class EndpointPredictor:
     """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
 
@@ -78,15 +90,8 @@ class EndpointPredictor:
                                                Accept=JSON_CONTENT_TYPE)
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            code, message = error.get("Code", "?"), error.get("Message", str(exc))
-            if code == "ModelError":  # the model's container refused the request: per-image error
-                original = exc.response.get("OriginalStatusCode")
-                raise PredictError(int(original) if original else None,
-                                   exc.response.get("OriginalMessage") or message) from None
-            if code == "ValidationError" and "not found" in message.lower():
-                raise StateError(f"no endpoint {self.where}: {message}",
-                                 hint="check the name with 'bincli status', or run 'bincli deploy'") from None
-            raise BincliError(f"endpoint {self.where}: {code}: {message}") from None
+            raise runtime_error(self.where, error.get("Code", "?"), error.get("Message", str(exc)),
+                                exc.response.get("OriginalStatusCode"), exc.response.get("OriginalMessage")) from None
         except ReadTimeoutError:
             raise PredictError(None, "no answer within the timeout (predict.timeout)") from None
         except NoCredentialsError:

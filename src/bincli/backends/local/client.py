@@ -25,9 +25,9 @@ import time
 import urllib.parse
 from typing import Any
 
-from bincli.backends.runtime import PredictError
+from bincli.backends.runtime import PredictError, runtime_error
 from bincli.core.contract import JSON_CONTENT_TYPE
-from bincli.errors import BincliError, StateError
+from bincli.errors import BincliError
 
 CONNECT_TIMEOUT_S = 10.0  # as the boto3 client had: min(predict.timeout, 10 s) to connect
 BUSY_WAIT_S = (0.1, 0.5)  # before retrying a 503: the server says retry-after 1, a jittered wait spreads clients
@@ -135,16 +135,10 @@ class LocalEndpointClient:
             error = {}
         code = (resp.getheader(ERROR_TYPE_HEADER) or "").split(":")[0] \
             or str(error.get("code") or error.get("__type") or status)
-        message = str(error.get("message") or error.get("Message") or "")
-        if code == "ModelError":  # the model's container refused the request: per-image error
-            original = error.get("OriginalStatusCode")
-            raise PredictError(int(original) if original else None, error.get("OriginalMessage") or message)
-        if code == "ValidationError" and "not found" in message.lower():
-            raise StateError(f"no endpoint {self.where}: {message}",
-                             hint="check the name with 'bincli status', or run 'bincli deploy'")
         # boto3 showed only "message"; the server's own refusals (503, 408) say why in "error"
-        detail = message or str(error.get("error") or "") or payload.decode("utf-8", "replace").strip()[:200]
-        raise BincliError(f"endpoint {self.where}: {code}: {detail}")
+        message = str(error.get("message") or error.get("Message") or error.get("error") or "") \
+            or payload.decode("utf-8", "replace").strip()[:200]
+        raise runtime_error(self.where, code, message, error.get("OriginalStatusCode"), error.get("OriginalMessage"))
 
     def close(self) -> None:
         with self._lock:
