@@ -21,6 +21,7 @@ from serving_support import make_model_dir, sample_images
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed (pip install -e '.[onnx]')")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def test_package_exports_the_graph_and_records_it(packaged):
     assert (model_dir / "model.onnx").stat().st_size > 1_000_000  # the weights are inside the one file
 
 
-@pytest.mark.parametrize("order", [pytest.param("onnxruntime", marks=needs_ort), "torchscript", "eager"])
+@pytest.mark.parametrize("order", [pytest.param("cuda", marks=needs_cuda), pytest.param("onnxruntime", marks=needs_ort),
+                                   "torchscript", "eager"])
 def test_each_runtime_answers_real_photos_as_the_eager_net(packaged, monkeypatch, abid_sample, order):
     model_dir, _ = packaged
     model = load(model_dir, monkeypatch, order)
@@ -107,7 +109,7 @@ def test_the_fastest_importable_runtime_is_chosen_and_logged(packaged, monkeypat
     monkeypatch.delenv(runtimes.RUNTIME_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="bincli.core.runtimes"):
         model = inference.model_fn(packaged[0])
-    chosen = "onnxruntime" if HAS_ORT else "torchscript"
+    chosen = "cuda" if torch.cuda.is_available() else "onnxruntime" if HAS_ORT else "torchscript"
     assert model.runtime.name == chosen
     assert f"runtime {chosen} chosen" in caplog.text
 
@@ -148,6 +150,28 @@ def test_a_broken_graph_falls_back_to_the_next_runtime(packaged, tmp_path, monke
         assert "logits differ from the weights'" in caplog.text
 
 
+def test_the_gpu_comes_first_where_torch_sees_one(monkeypatch):
+    monkeypatch.delenv(runtimes.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtimes.available()[:1] == ("cuda",)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda" not in runtimes.available()
+    monkeypatch.setenv(runtimes.RUNTIME_ENV, "cuda,eager")  # asked for, but no GPU: not tried
+    assert runtimes.available() == ("eager",)
+
+
+def test_a_gpu_that_fails_to_load_falls_back_to_the_next_runtime(packaged, monkeypatch, caplog):
+    """torch says a GPU is there, but moving the net to it fails (no driver here): the CPU runtimes serve."""
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU here: the fallback is for hosts where CUDA fails")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level(logging.INFO, logger="bincli.core.runtimes"):
+        model = load(packaged[0], monkeypatch, "cuda,torchscript")
+    assert model.runtime.name == "torchscript"
+    assert "runtime cuda not used" in caplog.text
+    assert next(model.net.parameters()).device.type == "cpu"  # the reference net stayed where it was
+
+
 def test_no_runtime_of_the_order_loads_serves_eager(tmp_path, monkeypatch, caplog):
     tar = package_model(make_model_dir(tmp_path / "src"), tmp_path / "model.tar.gz", graph=False)
     with caplog.at_level(logging.INFO, logger="bincli.core.runtimes"):
@@ -158,7 +182,7 @@ def test_no_runtime_of_the_order_loads_serves_eager(tmp_path, monkeypatch, caplo
 
 def test_an_unknown_runtime_name_is_one_clear_error(packaged, monkeypatch):
     with pytest.raises(ValueError, match=r"BINCLI_RUNTIME='tensorrt': unknown runtime 'tensorrt'; use some of "
-                                         r"onnxruntime, torchscript, eager"):
+                                         r"cuda, onnxruntime, torchscript, eager"):
         load(packaged[0], monkeypatch, "tensorrt")
 
 

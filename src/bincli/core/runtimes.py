@@ -1,5 +1,8 @@
 """The runtimes that run the network's forward pass, fastest first; the handler takes the first that loads.
 
+    cuda         the eager net on the GPU (channels_last, TF32 off so that answers agree with the CPU's),
+                 where torch sees one (a SageMaker GPU instance: deploy_instance_type ml.g*). Logits come
+                 back to the CPU. One device, cuda:0: a multi-GPU instance's TorchServe workers share it.
     onnxruntime  the ONNX graph packaged beside model.pth (model_info.json "graph"), on ONNX Runtime's
                  CPU provider with all graph optimizations. Needs the `onnxruntime` module (bincli[onnx]).
     torchscript  the eager net scripted, frozen and optimize_for_inference'd (conv+bn folded, MKLDNN
@@ -39,7 +42,7 @@ from .presets import eval_normalize
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("onnxruntime", "torchscript", "eager")  # the fixed order: fastest first
+RUNTIMES = ("cuda", "onnxruntime", "torchscript", "eager")  # the fixed order: fastest first
 RUNTIME_ENV = "BINCLI_RUNTIME"
 PROBE_TOLERANCE = 1e-3          # logits; probabilities then agree far inside the 1e-4 the answers promise
 # ONNX Runtime's pool threads spin while a forward runs (fast hand-offs between its ops), but not after
@@ -75,15 +78,27 @@ def normalize_of(info: dict[str, Any]) -> Any:
 
 
 class EagerRuntime(Runtime):
+    """The nn.Module in channels_last on `device`: "eager" on the CPU, "cuda" on the GPU."""
+
     name = "eager"
 
-    def __init__(self, net: torch.nn.Module, normalize: Any):
-        self.net = net.to(memory_format=torch.channels_last).eval()
+    def __init__(self, net: torch.nn.Module, normalize: Any, device: str = "cpu"):
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            import copy
+
+            self.name = self.device.type
+            # TF32, on by default for cuDNN convolutions, moves logits by ~1e-3: answers must be the CPU's to 1e-4.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            net = copy.deepcopy(net)  # the reference (and the runtimes after this one) keep the CPU net
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.normalize = normalize
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.net(self.normalize(pixels).contiguous(memory_format=torch.channels_last)).float()
+            x = self.normalize(pixels.to(self.device, non_blocking=True))
+            return self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu()
 
 
 class TorchScriptRuntime(Runtime):
@@ -144,7 +159,16 @@ def available() -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"{RUNTIME_ENV}={wanted!r}: unknown runtime {unknown[0]!r}; use some of "
                          f"{', '.join(RUNTIMES)} separated by commas")
-    return tuple(r for r in order if r != "onnxruntime" or importlib.util.find_spec("onnxruntime") is not None)
+    return tuple(r for r in order if _usable(r))
+
+
+def _usable(name: str) -> bool:
+    """Whether this process can try `name`: its module is importable, or for cuda, torch sees a GPU."""
+    if name == "onnxruntime":
+        return importlib.util.find_spec("onnxruntime") is not None
+    if name == "cuda":
+        return torch.cuda.is_available()
+    return True
 
 
 def graph_path(model_dir: Path, info: dict[str, Any]) -> Path | None:
@@ -169,6 +193,8 @@ def build(name: str, net: torch.nn.Module, model_dir: Path, info: dict[str, Any]
         return OnnxRuntime(path, normalize)
     if name == "torchscript":
         return TorchScriptRuntime(net, normalize)
+    if name == "cuda":
+        return EagerRuntime(net, normalize, device="cuda")
     return EagerRuntime(net, normalize)
 
 
