@@ -117,11 +117,15 @@ def with_global_flags(command: F) -> F:
             _apply_verbosity(quiet or _group.quiet, verbose or _group.verbose)
         return command(*args, **kwargs)
 
-    params = list(own.parameters.values())
-    wrapper.__signature__ = own.replace(parameters=[*params, *added])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{p.name: p.annotation for p in added},
-                               "return": own.return_annotation}
-    return wrapper  # type: ignore[return-value]
+    return with_signature(wrapper, own, [*own.parameters.values(), *added])  # type: ignore[return-value]
+
+
+def with_signature(wrapper: Any, own: inspect.Signature, params: list[inspect.Parameter]) -> Any:
+    """`wrapper` showing Typer `params` (the command's own and those a decorator adds) in place of
+    the signature functools.wraps copied from the command."""
+    wrapper.__signature__ = own.replace(parameters=params)
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, "return": own.return_annotation}
+    return wrapper
 
 
 T = TypeVar("T")

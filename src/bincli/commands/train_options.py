@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bincli.commands.common import with_signature
 from bincli.core.hyperparams import CONFIG_PARAMS, Param, show_value
 
 # Typer-only settings that the declaration does not carry.
@@ -83,11 +84,8 @@ def with_training_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable[
             training = {name: kwargs.pop(name, None) for name in names}
             return command(*args, training=training, **kwargs)
 
-        wrapper.__signature__ = own.replace(parameters=[
-            *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *added])  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{p.name: p.annotation for p in added},
-                                   "return": own.return_annotation}
-        return wrapper
+        return with_signature(wrapper, own, [*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params),
+                                             *added])
 
     return decorate
 
