@@ -277,8 +277,8 @@ def test_status_asks_the_backend_and_never_fails_on_the_endpoint(tmp_path, in_tm
     state.record("deploy", {"backend": "local", "name": "ep", "pid": 2**22 + 7, "url": "http://127.0.0.1:1"})
     result = runner.invoke(app, ["status", "-w", str(tmp_path), "--json"])
     row = next(r for r in json.loads(result.stdout)["steps"] if r["step"] == "deploy")
-    assert row["endpoint"] == {"name": "ep", "status": "not running", "alive": False, "url": "http://127.0.0.1:1",
-                               "instances": 0, "desired_instances": 1}
+    assert row["endpoint"] == {"name": "ep", "status": "not running", "serving": False, "alive": False,
+                               "url": "http://127.0.0.1:1", "instances": 0, "desired_instances": 1}
     state.record("deploy", {"backend": "sagemaker", "name": "ep", "region": "eu-west-1", "endpoint": "ep"})
     result = runner.invoke(app, ["status", "-w", str(tmp_path), "--json"])  # config: backend local
     assert result.exit_code == 0, result.output

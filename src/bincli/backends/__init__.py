@@ -82,7 +82,9 @@ class Backend(Protocol):
 
     def teardown_all(self) -> dict[str, Any]: ...
 
-    def endpoint_status(self) -> dict[str, Any] | None: ...
+    def endpoint_status(self) -> dict[str, Any] | None:
+        """The recorded endpoint now, or None: {"name", "status" (the backend's word), "serving" (bool:
+        it is there to answer requests), ...}."""
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> RuntimeClient: ...
 

@@ -64,7 +64,6 @@ KEY_OUTPUTS = {
     "evaluate": ("split", "n", "accuracy", "failed"),
     TEARDOWN: ("message",),
 }
-_ENDPOINT_UP = {"running", "InService"}
 
 
 @dataclass
@@ -302,7 +301,7 @@ def _endpoint_down(cfg: Config) -> str | None:
     from bincli.steps.status import endpoint_now  # asks the backend; an error comes back as {"error": ...}
 
     status = endpoint_now(cfg)
-    if status is None or "error" in status or status.get("status") in _ENDPOINT_UP:
+    if status is None or "error" in status or status.get("serving"):
         return None
     return f"endpoint '{status.get('name')}' is {status.get('status')}"
 

@@ -62,8 +62,8 @@ class LocalBackend(BaseBackend):
         up = running_servers(record)  # server processes: the local analogue of instances
         # A live process may still not serve (stopped, wedged): only an answer to /ping says it does.
         alive = bool(up and record.get("url")) and ping(record["url"], timeout=PING_TIMEOUT_S)
-        return {"name": record["name"], "status": "running" if up else "not running", "alive": alive,
-                "url": record.get("url"), "instances": up, "desired_instances": len(servers_of(record))}
+        return {"name": record["name"], "status": "running" if up else "not running", "serving": bool(up),
+                "alive": alive, "url": record.get("url"), "instances": up, "desired_instances": len(servers_of(record))}
 
     def runtime_client(self, endpoint: str | None, endpoint_url: str | None) -> LocalEndpointClient:
         from bincli.backends.local.client import LocalEndpointClient

@@ -86,6 +86,10 @@ def resource_name(base: str, stamp: str, taken: Any = ()) -> str:
     raise AssertionError("unreachable")
 
 
+# An endpoint answers requests in these states (an update swaps the model behind a serving endpoint).
+SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")
+
+
 def endpoint_status(cfg: Config) -> dict[str, Any] | None:
     """The recorded endpoint as SageMaker sees it now: status, current and desired instance counts."""
     record = recorded_endpoint(State(cfg.workdir), backend="sagemaker")
@@ -96,10 +100,11 @@ def endpoint_status(cfg: Config) -> dict[str, Any] | None:
         desc = sm.describe_endpoint(EndpointName=record["endpoint"])
     except Exception as exc:
         if is_not_found(exc):
-            return {"name": record["endpoint"], "status": "not found"}
+            return {"name": record["endpoint"], "status": "not found", "serving": False}
         raise aws_error(exc, f"endpoint '{record['endpoint']}'") from None
     variant = (desc.get("ProductionVariants") or [{}])[0]
-    out = {"name": record["endpoint"], "status": desc["EndpointStatus"], "endpoint_config": desc["EndpointConfigName"],
+    out = {"name": record["endpoint"], "status": desc["EndpointStatus"],
+           "serving": desc["EndpointStatus"] in SERVING_STATUSES, "endpoint_config": desc["EndpointConfigName"],
            "instances": variant.get("CurrentInstanceCount"), "desired_instances": variant.get("DesiredInstanceCount")}
     if variant.get("CurrentServerlessConfig"):
         out["serverless"] = variant["CurrentServerlessConfig"]
