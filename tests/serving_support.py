@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import threading
 import zlib
 from pathlib import Path
+
+import pytest
 
 from bincli.artifacts.bundle import package_model
 from bincli.core.classes import ClassSpec
@@ -118,3 +121,21 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(15)
         self.sock.close()
+
+
+# ---------------------------------------------------------------- fixtures: `from serving_support import model, server`
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The loaded test model (model_fn of model_tar's archive), once per module."""
+    from bincli.artifacts.loader import load_model
+
+    loaded, tmp = load_model(model_tar(tmp_path_factory.getbasetemp()))
+    yield loaded
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    """`model` served by a ServerThread named bincli-test, once per module."""
+    with ServerThread(model, name="bincli-test") as srv:
+        yield srv

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import socket
 import threading
 import time
@@ -15,27 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from bincli.artifacts.loader import load_model
+import serving_support
 from bincli.backends.local import client as client_module
 from bincli.backends.local.client import LocalEndpointClient
 from bincli.backends.local.server import bind
 from bincli.backends.runtime import PredictError
 from bincli.core import inference
 from bincli.errors import BincliError, StateError
-from serving_support import ServerThread, model_tar, sample_images
+from serving_support import ServerThread, sample_images
 
+model, server = serving_support.model, serving_support.server  # the module's fixtures
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    loaded, tmp = load_model(model_tar(tmp_path_factory.getbasetemp()))
-    yield loaded
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    with ServerThread(model, name="bincli-test") as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,24 +15,14 @@ import httpx
 import pytest
 import torch
 
-from bincli.artifacts.loader import load_model
+import serving_support
 from bincli.backends.local.server import bind
 from bincli.core import inference
 from bincli.core.contract import MAX_PAYLOAD_BYTES
-from serving_support import ServerThread, bad_requests, model_tar, sample_images
+from serving_support import ServerThread, bad_requests, sample_images
 
+model, server = serving_support.model, serving_support.server  # the module's fixtures
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    loaded, tmp = load_model(model_tar(tmp_path_factory.getbasetemp()))
-    yield loaded
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    with ServerThread(model, name="bincli-test") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
