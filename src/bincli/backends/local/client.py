@@ -122,10 +122,9 @@ class LocalEndpointClient:
             except ValueError:
                 raise PredictError(None, f"endpoint answered {resp.getheader('Content-Type')}, "
                                          f"not JSON") from None
-        self._raise_error(status, resp, payload)
-        raise AssertionError("unreachable: _raise_error raises")
+        raise self._error(status, resp, payload)
 
-    def _raise_error(self, status: int, resp: http.client.HTTPResponse, payload: bytes) -> None:
+    def _error(self, status: int, resp: http.client.HTTPResponse, payload: bytes) -> Exception:
         """The error an answer other than 200 means, as boto3 surfaced it (code, message, modeled fields)."""
         try:
             error = json.loads(payload)
@@ -138,7 +137,7 @@ class LocalEndpointClient:
         # boto3 showed only "message"; the server's own refusals (503, 408) say why in "error"
         message = str(error.get("message") or error.get("Message") or error.get("error") or "") \
             or payload.decode("utf-8", "replace").strip()[:200]
-        raise runtime_error(self.where, code, message, error.get("OriginalStatusCode"), error.get("OriginalMessage"))
+        return runtime_error(self.where, code, message, error.get("OriginalStatusCode"), error.get("OriginalMessage"))
 
     def close(self) -> None:
         with self._lock:

@@ -232,27 +232,26 @@ async def _invoke(request) -> tuple[int, bytes, str]:
     stages: dict[str, float] = {}
     try:
         body = await _read_body(request, state.settings.body_timeout)
-        t_read = time.perf_counter()
-        stages["read"] = t_read - t0
+        stages["read"] = time.perf_counter() - t0
         loop = asyncio.get_running_loop()
-        if state.batcher is None:
-            text, out_type, timed = await loop.run_in_executor(state.pool, _handle_timed, state.model, body,
-                                                               content_type, accept)
-            stages.update(timed)
-        else:  # decode here, alone (a 4xx is this request's); the forward with whatever else is waiting
-            with state.batcher.preparing_one():
-                image, answer, timed = await loop.run_in_executor(state.pool, _prepare_or_run_alone, state.model,
-                                                                  state.batcher, loop, body, content_type)
-            stages.update(timed)
-            if answer is NOT_ALONE:
-                t_queued = time.perf_counter()
-                answer, request.state.batch_size, stages["forward"] = await state.batcher.submit(image)
-                stages["wait"] = time.perf_counter() - t_queued - stages["forward"]
-            else:  # nobody else was there: its forward ran on the pool thread (batching.py)
-                request.state.batch_size = 1
-            t_answer = time.perf_counter()
-            text, out_type = inference.output_fn(answer, accept)
-            stages["respond"] = time.perf_counter() - t_answer
+        batcher = state.batcher
+        # Decode on a pool thread (a 4xx is this request's alone); the forward there too when batching is off or
+        # nobody else is there (batching.py), else with whatever else is waiting.
+        forward_alone = (functools.partial(_forward_one, state.model) if batcher is None
+                         else functools.partial(batcher.run_alone, loop))
+        with batcher.preparing_one() if batcher is not None else contextlib.nullcontext():
+            image, answer, timed = await loop.run_in_executor(state.pool, _prepare_then_forward, state.model, body,
+                                                              content_type, forward_alone)
+        stages.update(timed)
+        if answer is NOT_ALONE:
+            t_queued = time.perf_counter()
+            answer, request.state.batch_size, stages["forward"] = await batcher.submit(image)
+            stages["wait"] = time.perf_counter() - t_queued - stages["forward"]
+        elif batcher is not None:
+            request.state.batch_size = 1
+        t_answer = time.perf_counter()
+        text, out_type = inference.output_fn(answer, accept)
+        stages["respond"] = time.perf_counter() - t_answer
         status, payload = 200, text.encode("utf-8")
     except inference.InferenceError as exc:
         status, out_type = exc.status_code, JSON_CONTENT_TYPE
@@ -283,30 +282,22 @@ def _prepare(model: Any, body: bytes, content_type: str | None):
     return model.pixels(inference.input_fn(body, content_type))
 
 
-def _prepare_or_run_alone(model: Any, batcher: Batcher, loop: asyncio.AbstractEventLoop, body: bytes,
-                          content_type: str | None) -> tuple[Any, Any, dict[str, float]]:
-    """(pixels, answer, stage seconds): the answer from a forward run here when the request is alone
-    (Batcher.run_alone), else NOT_ALONE (submit the pixels)."""
+def _prepare_then_forward(model: Any, body: bytes, content_type: str | None,
+                          forward_alone: Callable[[Any], Any]) -> tuple[Any, Any, dict[str, float]]:
+    """(pixels, answer, stage seconds), on a pool thread: the pixels, then `forward_alone(pixels)`, which is
+    the answer, or NOT_ALONE when the pixels must join a batch (Batcher.run_alone; then submit them)."""
     t0 = time.perf_counter()
     image = _prepare(model, body, content_type)
     t1 = time.perf_counter()
-    answer = batcher.run_alone(loop, image)
+    answer = forward_alone(image)
     if answer is NOT_ALONE:
         return image, answer, {"prepare": t1 - t0}
     return image, answer, {"prepare": t1 - t0, "wait": 0.0, "forward": time.perf_counter() - t1}
 
 
-def _handle_timed(model: Any, body: bytes, content_type: str | None, accept: str | None):
-    """Batching off: inference.handle_request's three steps, with their stage seconds."""
-    from bincli.core import inference
-
-    t0 = time.perf_counter()
-    image = _prepare(model, body, content_type)
-    t1 = time.perf_counter()
-    answer = _forward(model, [image])[0]
-    t2 = time.perf_counter()
-    text, out_type = inference.output_fn(answer, accept)
-    return text, out_type, {"prepare": t1 - t0, "wait": 0.0, "forward": t2 - t1, "respond": time.perf_counter() - t2}
+def _forward_one(model: Any, image: Any) -> dict[str, Any]:
+    """Batching off: the answer of one image's forward."""
+    return _forward(model, [image])[0]
 
 
 def _forward(model: Any, images: list) -> list[dict[str, Any]]:
