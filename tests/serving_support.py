@@ -139,3 +139,22 @@ def server(model):
     """`model` served by a ServerThread named bincli-test, once per module."""
     with ServerThread(model, name="bincli-test") as srv:
         yield srv
+
+
+def held_by(gate: threading.Event, model):
+    """`model` with its forward by the eager net, which first waits for `gate` (a request held in the
+    handler for as long as a test needs)."""
+    import dataclasses
+
+    import torch
+
+    class GatedNet(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            assert gate.wait(30)
+            return self.net(x)
+
+    return dataclasses.replace(model, net=GatedNet(model.net), runtime=None)

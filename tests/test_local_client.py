@@ -4,7 +4,6 @@ a busy server, a slow answer."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import threading
@@ -12,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 import serving_support
 from bincli.backends.local import client as client_module
@@ -21,7 +19,7 @@ from bincli.backends.local.server import bind
 from bincli.backends.runtime import PredictError
 from bincli.core import inference
 from bincli.errors import BincliError, StateError
-from serving_support import ServerThread, sample_images
+from serving_support import ServerThread, held_by, sample_images
 
 model, server = serving_support.model, serving_support.server  # the module's fixtures
 
@@ -161,17 +159,7 @@ def test_an_endpoint_busy_after_a_retry_says_why(model, jpegs):
 
 def test_a_slow_answer_is_a_timeout_of_that_image(model, jpegs):
     gate = threading.Event()
-
-    class Slow(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            gate.wait(30)
-            return self.net(x)
-
-    slow = dataclasses.replace(model, net=Slow(model.net), runtime=None)
+    slow = held_by(gate, model)
     with ServerThread(slow, name="slow", threads=1) as srv, LocalEndpointClient("slow", srv.url, timeout=0.5) as client:
         try:
             with pytest.raises(PredictError) as exc:

@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 
 import serving_support
 from bincli.backends.local.server import bind
 from bincli.core import inference
 from bincli.core.contract import MAX_PAYLOAD_BYTES
-from serving_support import ServerThread, bad_requests, sample_images
+from serving_support import ServerThread, bad_requests, held_by, sample_images
 
 model, server = serving_support.model, serving_support.server  # the module's fixtures
 
@@ -234,19 +233,9 @@ def test_batching_off_runs_each_request_alone(model, abid_sample):
 
 def test_inference_does_not_block_ping(model, abid_sample):
     gate = threading.Event()
-
-    class Gated(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            assert gate.wait(30)
-            return self.net(x)
-
-    gated = dataclasses.replace(model, net=Gated(model.net), runtime=None)  # forward by the eager net
+    held = held_by(gate, model)  # forward by the eager net, once the gate opens
     body = sample_images(abid_sample, 1)[0].read_bytes()
-    with ServerThread(gated, name="gated", threads=1) as srv, ThreadPoolExecutor(1) as pool, \
+    with ServerThread(held, name="gated", threads=1) as srv, ThreadPoolExecutor(1) as pool, \
             httpx.Client(base_url=srv.url, timeout=30) as c, httpx.Client(base_url=srv.url, timeout=5) as other:
         pending = pool.submit(c.post, "/invocations", content=body, headers={"Content-Type": "image/jpeg"})
         deadline = time.monotonic() + 10
