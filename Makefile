@@ -43,7 +43,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 test: $(VENV)/.installed-test chromium lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(VENV)/.installed-test
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -119,3 +119,21 @@ def uploaded(sagemaker_env, tmp_path):
     record_split(workdir, make_split(tmp_path / "split", {"train": 6, "valid": 2, "test": 2}, "0-5", size=32))
     run_upload(UploadConfig(s3_uri=f"s3://{bucket}/abid"), workdir, progress=False)
     return workdir, s3, sm, bucket, role
+
+
+# The modules that took longest (seconds on 2 busy cores, `pytest --durations`), longest first. `make test`
+# sends whole modules to its 2 workers (--dist loadfile: a module's fixtures, such as the ABID mirror,
+# the TorchServe stack and the trained models, are made once, not once per worker), and starting with
+# the long ones keeps one worker from finishing a long module alone at the end. Only the order depends
+# on this list; a module missing from it runs after these, in the usual order.
+LONGEST_FIRST = ("test_pipeline", "test_runs", "test_core_engine", "test_download", "test_sagemaker_tune",
+                 "test_sagemaker_account", "test_train", "test_sagemaker_job", "test_serving_stack",
+                 "test_sagemaker_train", "test_core_train", "test_tune", "test_predict", "test_hostile_serving",
+                 "test_runtimes")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules in LONGEST_FIRST order, each module's tests kept together and in order (every worker
+    collects the same order, as pytest-xdist requires)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(getattr(item.module, "__name__", ""), len(rank)))

@@ -78,7 +78,7 @@ def upload_outputs(job: dict[str, Any], s3: Any, base: Path) -> None:
     for folder, uri in ((base / "model", model_uri), (base / "output" / "data", model_uri.rsplit("/", 1)[0] +
                                                        "/output.tar.gz")):
         archive = base / f"{folder.name}.upload.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
+        with tarfile.open(archive, "w:gz", compresslevel=0) as tar:  # how hard SageMaker compresses: not tested
             for path in sorted(folder.rglob("*")):
                 tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
         bucket, _, key = uri.removeprefix("s3://").partition("/")

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 from bincli.core.contract import CODE_DIR, GRAPH_KEY, INFERENCE_SCRIPT, MODEL_INFO_FILE, TRAIN_SCRIPT, WEIGHTS_FILE
-from bincli.core.fileio import atomic_write_bytes
+from bincli.core.fileio import atomic_open
 
 CORE_DIR = Path(__file__).parents[1] / "core"  # src/bincli/core
 log = logging.getLogger(__name__)
@@ -65,19 +65,18 @@ def package_model(model_dir: Path, out_tar: Path, graph: bool = True) -> Path:
         shutil.rmtree(staging)
     write_core_bundle(staging / CODE_DIR)
     extra = _export_graph(model_dir, staging) if graph else []
-    tmp_tar = Path(out_tar).parent / f".{Path(out_tar).name}.tmp"
     try:
-        # Level 1: the weights barely compress, and level 9 costs seconds on every train run.
-        with tarfile.open(tmp_tar, "w:gz", compresslevel=1) as tar:
+        # Stored, not compressed (gzip level 0): the weights and the graph are float tensors that
+        # level 1 shrank by 7% in 3.2 s for resnet18, and reading it back cost 1.3 s instead of 0.35 s.
+        # Still a gzip stream, as SageMaker expects of a model.tar.gz.
+        with atomic_open(out_tar) as f, tarfile.open(fileobj=f, mode="w:gz", compresslevel=0) as tar:
             tar.add(model_dir / WEIGHTS_FILE, arcname=WEIGHTS_FILE)
             info = staging / MODEL_INFO_FILE if (staging / MODEL_INFO_FILE).is_file() else model_dir / MODEL_INFO_FILE
             tar.add(info, arcname=MODEL_INFO_FILE)
             for name in extra:
                 tar.add(staging / name, arcname=name)
             tar.add(staging / CODE_DIR, arcname=CODE_DIR, filter=_no_pycache)
-        atomic_write_bytes(out_tar, tmp_tar.read_bytes())
     finally:
-        tmp_tar.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return Path(out_tar)
 
