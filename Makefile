@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 DEMO_WORK ?= bincli-work
 
-.PHONY: demo test lint install install-test chromium bench clean
+.PHONY: demo test test-fast lint install install-test chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,13 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# The whole suite: what CI runs (.ci/run). 2 workers on 2 cores, each module whole on one worker.
 test: $(VENV)/.installed-test chromium lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The loop to run while working: the tests not marked slow (no training runs, servers, moto or mirror).
+test-fast: $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 bench: $(VENV)/.installed-test
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -132,8 +132,16 @@ LONGEST_FIRST = ("test_pipeline", "test_runs", "test_core_engine", "test_downloa
                  "test_runtimes")
 
 
+# A test that uses one of these talks to a moto server or the ABID mirror (seconds each): it is `slow`,
+# so `make test-fast` (-m "not slow") leaves it to `make test`.
+SLOW_FIXTURES = frozenset({"moto_url", "aws_env", "sagemaker_env", "uploaded", "mirror"})
+
+
 def pytest_collection_modifyitems(config, items):
-    """Modules in LONGEST_FIRST order, each module's tests kept together and in order (every worker
-    collects the same order, as pytest-xdist requires)."""
+    """Tests using SLOW_FIXTURES are marked slow. Modules in LONGEST_FIRST order, each module's tests
+    kept together and in order (every worker collects the same order, as pytest-xdist requires)."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(getattr(item.module, "__name__", ""), len(rank)))

@@ -90,6 +90,7 @@ def test_early_stopping_counts_epochs_without_a_lower_valid_loss():
     assert not never.should_stop
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------- resume
 def test_resume_after_epoch_1_continues_at_epoch_2_as_if_never_stopped(tmp_path, tiny, capsys):
     cache = tmp_path / "cache"
@@ -125,6 +126,7 @@ def test_resume_after_epoch_1_continues_at_epoch_2_as_if_never_stopped(tmp_path,
     assert [line.split()[0] for line in lines if line.startswith("epoch=")] == ["epoch=1", "epoch=2"] * 2
 
 
+@pytest.mark.slow
 def test_finished_run_has_nothing_to_resume_and_changed_settings_are_refused(tmp_path, tiny, caplog):
     base = train_args(tiny, tmp_path, "--epochs", "1")
     first = run(base)
@@ -143,6 +145,7 @@ def test_finished_run_has_nothing_to_resume_and_changed_settings_are_refused(tmp
     assert seen == [2] and more["epochs_run"] == 2  # epochs (and workers) may change: the run is extended
 
 
+@pytest.mark.slow
 def test_a_run_sweeps_the_temp_files_a_killed_run_left(tmp_path, tiny):
     """SIGKILL mid-write leaves `.last.pt.<random>.tmp` (atomic_write_bytes' temp) for good: the
     next run removes such leftovers of its own files when it starts; other files stay."""

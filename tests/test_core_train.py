@@ -54,6 +54,7 @@ def test_every_hyperparameter_is_a_flag_and_channels_default_to_sm_variables(mon
     assert unknown == ["--_tuning_objective_metric", "valid_loss"]  # tolerated (SageMaker tuning adds it)
 
 
+@pytest.mark.slow
 def test_entry_point_writes_model_metrics_and_lines_the_regexes_read(tmp_path, small, capsys):
     d = small["manifests_dir"]
     metrics = run(get_args_parser().parse_args([

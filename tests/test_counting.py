@@ -319,6 +319,7 @@ def trained(tmp_path_factory):
     return root, metrics, data
 
 
+@pytest.mark.slow
 def test_training_fits_a_temperature_that_never_raises_the_valid_log_loss(trained):
     root, metrics, _ = trained
     cal = metrics["calibration"]

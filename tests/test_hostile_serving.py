@@ -163,6 +163,7 @@ def stop(proc: subprocess.Popen) -> int:
     return proc.wait(30)
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_mid_request_is_one_log_line(tar, tmp_path):
     proc, runtime, log = start_server(tar, tmp_path, "server", "--body-timeout", "120",
                                       "--extract-dir", str(tmp_path / "ep"))
@@ -184,6 +185,7 @@ def test_a_client_that_hangs_up_mid_request_is_one_log_line(tar, tmp_path):
     assert not list((tmp_path / "ep").glob("model-*"))  # a clean stop removes the extracted model
 
 
+@pytest.mark.slow
 def test_a_killed_servers_extracted_model_is_removed_at_the_next_start(tar, tmp_path):
     extract = tmp_path / "endpoints" / "ep"
     first, runtime, log = start_server(tar, tmp_path, "first", "--extract-dir", str(extract))

@@ -32,6 +32,7 @@ def _split(tmp_path: Path, abid_sample: Path, seed: int) -> Config:
     return cfg
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_model_trained_on_the_test_photos_after_a_resplit(tmp_path, abid_sample):
     cfg = _split(tmp_path, abid_sample, seed=1)
     split = State(cfg.workdir).outputs("split")

@@ -35,8 +35,8 @@ from bincli.backends.local.server import bind
 from bincli.core.contract import MAX_PAYLOAD_BYTES
 from serving_support import ServerThread, bad_requests, model_tar, sample_images
 
-# One TorchServe per machine: every test of this module runs on the same xdist worker.
-pytestmark = [pytest.mark.serving_stack, pytest.mark.slow, pytest.mark.xdist_group("torchserve")]
+# One TorchServe per machine: `make test` runs a module's tests on one xdist worker (--dist loadfile).
+pytestmark = [pytest.mark.serving_stack, pytest.mark.slow]
 
 LAUNCHER = (
     "import sys\n"
