@@ -230,3 +230,17 @@ def test_soft_ordinal_targets_spread_onto_neighbouring_counts():
     assert torch.allclose(smoothed.targets.min(), torch.tensor(0.1), atol=0.05)
     with pytest.raises(ValueError, match="unknown loss 'hinge'; choose from ce, soft-ordinal"):
         build_criterion("hinge", [1, 2])
+
+
+def test_best_is_a_copy_where_the_folder_takes_no_hard_links(tmp_path, monkeypatch):
+    from bincli.core import engine
+
+    def no_links(src, dst):
+        raise OSError("links not supported here")
+
+    monkeypatch.setattr(engine.os, "link", no_links)
+    last = engine.save_checkpoint({"model": {"w": torch.arange(4.0)}, "epoch": 1}, tmp_path, is_best=True)
+    best = tmp_path / "best.pt"
+    assert best.read_bytes() == last.read_bytes() and best.stat().st_ino != last.stat().st_ino
+    assert torch.equal(engine.load_checkpoint(best)["model"]["w"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp file left

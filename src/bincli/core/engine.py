@@ -11,6 +11,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ from torch import nn
 
 from .contract import CHECKPOINT_BEST, CHECKPOINT_LAST
 from .distributed import DistContext, all_reduce_sum, any_rank
-from .fileio import atomic_write_bytes
+from .fileio import atomic_open
 from .metrics import MetricState
 
 CHECKPOINT_FORMAT = 1
@@ -347,9 +348,9 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, is_best: bool) 
     atomically, like timm's CheckpointSaver; a copy where links are not possible).
 
     Call on the main rank only. No per-epoch files pile up."""
-    buf = io.BytesIO()
-    torch.save({**checkpoint_meta(), **state}, buf)
-    last = atomic_write_bytes(Path(ckpt_dir) / CHECKPOINT_LAST, buf.getvalue())
+    last = Path(ckpt_dir) / CHECKPOINT_LAST
+    with atomic_open(last) as f:  # streamed: no in-memory copy of a checkpoint 3x the weights' size
+        torch.save({**checkpoint_meta(), **state}, f)
     if is_best:
         best = Path(ckpt_dir) / CHECKPOINT_BEST
         tmp = best.with_name(f".{best.name}.link")
@@ -359,7 +360,8 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, is_best: bool) 
             os.replace(tmp, best)
         except OSError:
             tmp.unlink(missing_ok=True)
-            atomic_write_bytes(best, buf.getvalue())
+            with open(last, "rb") as src, atomic_open(best) as dst:
+                shutil.copyfileobj(src, dst)
     return last
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -92,7 +91,7 @@ from .engine import (
     train_one_epoch,
     unwrap,
 )
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sweep_temp_files
+from .fileio import atomic_open, atomic_write_json, atomic_write_text, sweep_temp_files
 from .hyperparams import ENTRY_PARAMS, PARAMS_BY_NAME, RESUME_LOCKED, Param
 from .metrics import SUMMARY, baseline_metrics, compute_metrics, summary
 from .model import build_model
@@ -618,9 +617,8 @@ def _plain(obj: Any) -> Any:
 def write_outputs(dirs: Dirs, state: dict[str, torch.Tensor], metrics: dict[str, Any], args: argparse.Namespace,
                   spec: ClassSpec) -> None:
     """model.pth + model_info.json in the model dir; metrics.json and the PNGs in the output dir."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(dirs.model / WEIGHTS_FILE, buf.getvalue())
+    with atomic_open(dirs.model / WEIGHTS_FILE) as f:
+        torch.save(state, f)
     info = {
         "arch": args.model, "classes": str(spec), "labels": spec.labels, "counts": spec.counts,
         "image_size": args.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
