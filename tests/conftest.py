@@ -121,7 +121,7 @@ def uploaded(sagemaker_env, tmp_path):
     return workdir, s3, sm, bucket, role
 
 
-# The modules that took longest (seconds on 2 busy cores, `pytest --durations`), longest first. `make test`
+# The modules that took longest (their summed `pytest --durations` on 2 busy cores), longest first. `make test`
 # sends whole modules to its 2 workers (--dist loadfile: a module's fixtures, such as the ABID mirror,
 # the TorchServe stack and the trained models, are made once, not once per worker), and starting with
 # the long ones keeps one worker from finishing a long module alone at the end. Only the order depends
@@ -144,4 +144,4 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(getattr(item.module, "__name__", ""), len(rank)))
+    items.sort(key=lambda item: rank.get(getattr(getattr(item, "module", None), "__name__", ""), len(rank)))
