@@ -219,7 +219,10 @@ def test_metrics_say_where_a_request_spent_its_time(model, abid_sample, max_batc
     assert set(stages) == {"read", "prepare", "wait", "forward", "respond"}
     assert 60 <= stages["prepare"] < 120 + 60 and 120 <= stages["forward"] < 2 * 120 + 60
     assert stages["wait"] < 60 and stages["read"] < 60 and stages["respond"] < 60  # a lone request waits for nobody
-    assert sum(stages.values()) <= metrics["latency_ms"]["p50"]  # the 400 is counted in latency, not in stages
+    # The 400 is counted in latency, not in stages. (Counted, not summed: each stage's median may come from
+    # another request, so the medians' sum can pass the median latency; CI saw 198.1 ms against 197.8.)
+    assert metrics["latency_ms"]["window"] == 4
+    assert {q["window"] for q in metrics["stages_ms"].values()} == {3}
 
 
 def test_batching_off_runs_each_request_alone(model, abid_sample):

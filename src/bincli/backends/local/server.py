@@ -115,7 +115,8 @@ class Stats:
             "latency_ms": {**_quantiles(lat, 0.50, 0.95), "max": round(lat[-1], 3) if lat else None,
                            "mean": round(sum(lat) / len(lat), 3) if lat else None, "window": len(lat)},
             # Where an answered request's time went, server side (p50/p95 over the same window).
-            "stages_ms": {name: _quantiles(sorted(values), 0.50, 0.95) for name, values in self.stages_ms.items()},
+            "stages_ms": {name: {**_quantiles(sorted(values), 0.50, 0.95), "window": len(values)}
+                          for name, values in self.stages_ms.items()},
             "uptime_s": round(time.time() - self.started, 1),
         }
 
