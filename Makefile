@@ -14,7 +14,7 @@ DEMO_WORK ?= bincli-work
 # any reason, pip installs instead.
 WHEEL_DIRS ?= $(wildcard /opt/pypi/files /opt/pypi-more/files /opt/wheels)
 INSTALL = $(BIN)/uv pip install --python $(BIN)/python -q $(addprefix --find-links ,$(WHEEL_DIRS)) \
-	--index-strategy unsafe-best-match
+	--index-strategy unsafe-best-match --compile-bytecode
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
