@@ -295,6 +295,15 @@ class PredictConfig(Section):
         return self
 
 
+def _check_instance_type(value: str) -> str:
+    if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9-]+", value):
+        raise ValueError(f"must be a SageMaker instance type such as ml.g4dn.xlarge, got {value!r}")
+    return value
+
+
+InstanceType = Annotated[str, AfterValidator(_check_instance_type)]
+
+
 class SageMakerConfig(Section):
     region: str | None = None
     role_arn: str | None = None
@@ -314,6 +323,8 @@ class SageMakerConfig(Section):
     inference_image: str | None = None
     inference_framework_version: str = "2.6"
     deploy_timeout_minutes: int = Field(30, ge=1, le=24 * 60)
+    # USD per instance-hour by instance type, replacing backends/sagemaker/pricing.py's dated table.
+    prices: dict[InstanceType, Annotated[float, Field(ge=0)]] | None = None
 
     @model_validator(mode="after")
     def _spot_wait_covers_run(self) -> SageMakerConfig:

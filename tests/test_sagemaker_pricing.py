@@ -1,0 +1,55 @@
+"""The price lookup behind the cost lines: the dated table, the config's overrides, unknowns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bincli.backends.sagemaker.pricing import ON_DEMAND_USD_PER_HOUR, hourly_price, job_cost
+from bincli.config import load_config
+from bincli.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sagemaker(prices=None):
+    return load_config(None, overrides={"sagemaker.prices": prices}, env={}).config.sagemaker
+
+
+def test_every_instance_type_the_shipped_configs_use_has_a_price():
+    cfg = _sagemaker()
+    for name in ("sagemaker.yaml", "local.yaml"):
+        section = yaml.safe_load((ROOT / "configs" / name).read_text())["sagemaker"]
+        for key in ("train_instance_type", "deploy_instance_type"):
+            if section.get(key):
+                assert hourly_price(section[key], "us-east-1", cfg) is not None, (name, key)
+
+
+def test_config_prices_replace_the_table_and_cover_other_regions():
+    cfg = _sagemaker({"ml.g4dn.xlarge": 0.5})
+    assert hourly_price("ml.g4dn.xlarge", "us-east-1", cfg) == 0.5
+    assert hourly_price("ml.g4dn.xlarge", "eu-west-1", cfg) == 0.5
+    assert hourly_price("ml.m5.large", "us-east-1", cfg) == ON_DEMAND_USD_PER_HOUR["ml.m5.large"]
+
+
+def test_an_unknown_type_or_region_has_no_price_rather_than_a_guess():
+    cfg = _sagemaker()
+    assert hourly_price("ml.m5.large", "eu-west-1", cfg) is None
+    assert hourly_price("ml.x99.huge", "us-east-1", cfg) is None
+
+
+def test_job_cost_is_billable_seconds_times_instances_times_price():
+    assert job_cost(1800, 2, 0.736) == pytest.approx(0.736)
+    assert job_cost(None, 1, 0.736) is None and job_cost(60, 1, None) is None
+
+
+@pytest.mark.parametrize(("prices", "says"), [
+    ({"g4dn": 0.5}, "sagemaker.prices.g4dn"),
+    ({"ml.m5.large": -1}, "sagemaker.prices.ml.m5.large"),
+])
+def test_config_prices_reject_a_bad_key_or_price_naming_it(prices, says):
+    with pytest.raises(ConfigError) as exc:
+        _sagemaker(prices)
+    assert says in str(exc.value)
