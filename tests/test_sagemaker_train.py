@@ -141,3 +141,36 @@ def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(upload
     assert "sagemaker.config" not in result.output  # the SDK's INFO chatter is not shown
     assert State(workdir).outputs("train") is None
     assert not (workdir / "model" / "model.tar.gz").exists()
+
+
+class _Gone:
+    """Answers DescribeTrainingJob for `name` as SageMaker answers it for a deleted job (moto has
+    no way to delete one): botocore's before-call event, on every session bincli makes."""
+
+    def __init__(self, monkeypatch, name: str, code: str):
+        import botocore.handlers
+
+        self.name, self.code, self.asked = name, code, 0
+        monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", [
+            *botocore.handlers.BUILTIN_HANDLERS, ("before-call.sagemaker.DescribeTrainingJob", self._describe)])
+
+    def _describe(self, params, **_):
+        from types import SimpleNamespace
+
+        if json.loads(params["body"])["TrainingJobName"] != self.name:
+            return None
+        self.asked += 1
+        return SimpleNamespace(status_code=400, headers={}), {
+            "Error": {"Code": self.code, "Message": "Requested resource not found."}}
+
+
+def test_a_deleted_job_is_gone_and_train_starts_a_new_one(uploaded, monkeypatch):
+    from bincli.steps.train import run_train
+
+    workdir, _, sm, _, role = uploaded
+    cfg = _config(workdir, role)
+    first = run_train(cfg, wait=False, console=Console(file=io.StringIO()))["job_name"]
+    # The recorded job was deleted since: SageMaker's real reply (code ResourceNotFound was understood already).
+    gone = _Gone(monkeypatch, first, "ValidationException")
+    second = run_train(cfg, wait=False, console=Console(file=io.StringIO()))["job_name"]
+    assert gone.asked and second != first and second in _jobs(sm)

@@ -132,8 +132,10 @@ def is_not_found(exc: BaseException) -> bool:
     if code in ("ResourceNotFound", "ResourceNotFoundException"):
         return True
     # SageMaker answers a missing training job, model, endpoint config or endpoint with a
-    # ValidationException whose message says so; other ValidationExceptions are real errors.
-    return code == "ValidationException" and ("Could not find" in message or "does not exist" in message)
+    # ValidationException whose message says so ("Requested resource not found." for a deleted
+    # training job); other ValidationExceptions are real errors.
+    return code == "ValidationException" and any(
+        words in message for words in ("Could not find", "does not exist", "Requested resource not found"))
 
 
 def artifacts_location(cfg: SageMakerConfig, upload: dict[str, Any] | None) -> tuple[str | None, str]:
