@@ -82,12 +82,9 @@ class SageMakerStandIn:
             parsed["HyperParameterTuningJobStatus"] = queue.pop(0) if len(queue) > 1 else queue[0]
 
 
-def run_trial(sm, s3, tuning_job: str, number: int, params: dict[str, str], base: Path, stand_in: SageMakerStandIn
-              ) -> str:
-    """What SageMaker does for one trial: a training job from the tuning job's definition with the
-    trial's hyperparameters, run by the sagemaker-training toolkit in a container-like /opt/ml
-    (`base`), its checkpoint dir synced from and to the definition's CheckpointConfig (shared by
-    every trial, as on SageMaker), scored by the last regex match. Returns its output."""
+def create_trial_job(sm, tuning_job: str, number: int, params: dict[str, str]) -> tuple[dict, dict, dict]:
+    """The training job SageMaker makes for a trial, from the tuning job's definition (on moto; not
+    run): its description, the definition and the objective."""
     tuning = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
     d = tuning["TrainingJobDefinition"]
     objective = tuning["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
@@ -99,9 +96,36 @@ def run_trial(sm, s3, tuning_job: str, number: int, params: dict[str, str], base
         AlgorithmSpecification={"TrainingImage": spec["TrainingImage"], "TrainingInputMode": "File",
                                 "MetricDefinitions": spec["MetricDefinitions"]},
         OutputDataConfig=d["OutputDataConfig"], ResourceConfig=d["ResourceConfig"],
-        StoppingCondition=d["StoppingCondition"], CheckpointConfig=d["CheckpointConfig"],
-        EnableManagedSpotTraining=d["EnableManagedSpotTraining"])
-    job = sm.describe_training_job(TrainingJobName=name)
+        StoppingCondition=d["StoppingCondition"], EnableManagedSpotTraining=d["EnableManagedSpotTraining"],
+        **({"CheckpointConfig": d["CheckpointConfig"]} if "CheckpointConfig" in d else {}))
+    return sm.describe_training_job(TrainingJobName=name), d, objective
+
+
+def ended_trial(sm, tuning_job: str, number: int, status: str, value: float | None,
+                stand_in: SageMakerStandIn) -> str:
+    """A trial that ended `status` with `value` as its final objective (None: it reported none),
+    as ListTrainingJobsForHyperParameterTuningJob lists it; nothing is run."""
+    params = {"lr": "0.001", "label-smoothing": "0.05", "batch-size": "4", "weight-decay": "0.0001"}
+    job, _, objective = create_trial_job(sm, tuning_job, number, params)
+    now = datetime.now(UTC)
+    summary = {"TrainingJobName": job["TrainingJobName"], "TrainingJobArn": job["TrainingJobArn"],
+               "TuningJobName": tuning_job, "CreationTime": now, "TrainingStartTime": now, "TrainingEndTime": now,
+               "TrainingJobStatus": status, "TunedHyperParameters": params}
+    if value is not None:
+        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+            "Type": objective["Type"], "MetricName": objective["MetricName"], "Value": value}
+    stand_in.trials.setdefault(tuning_job, []).append(summary)
+    return job["TrainingJobName"]
+
+
+def run_trial(sm, s3, tuning_job: str, number: int, params: dict[str, str], base: Path, stand_in: SageMakerStandIn
+              ) -> str:
+    """What SageMaker does for one trial: a training job from the tuning job's definition with the
+    trial's hyperparameters, run by the sagemaker-training toolkit in a container-like /opt/ml
+    (`base`), its checkpoint dir synced from and to the definition's CheckpointConfig if it has one
+    (one for every trial, as on SageMaker), scored by the last regex match. Returns its output."""
+    job, d, objective = create_trial_job(sm, tuning_job, number, params)
+    name, spec = job["TrainingJobName"], d["AlgorithmSpecification"]
     prepare(job, s3, base)
     config = base / "input" / "config"
     host = socket.gethostname()  # the toolkit waits for the hosts it is told about to resolve
@@ -115,8 +139,9 @@ def run_trial(sm, s3, tuning_job: str, number: int, params: dict[str, str], base
     s3.download_file(bucket, key, str(source))
     hps["sagemaker_submit_directory"] = str(source)
     (config / "hyperparameters.json").write_text(json.dumps(hps))
-    checkpoint_uri = d["CheckpointConfig"]["S3Uri"]
-    download_prefix(s3, checkpoint_uri, base / "checkpoints")
+    checkpoint_uri = d.get("CheckpointConfig", {}).get("S3Uri")
+    if checkpoint_uri:
+        download_prefix(s3, checkpoint_uri, base / "checkpoints")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AWS_"))}
     env.update(SAGEMAKER_BASE_DIR=str(base), TRAINING_JOB_NAME=name, PYTHONUNBUFFERED="1",
@@ -126,8 +151,8 @@ def run_trial(sm, s3, tuning_job: str, number: int, params: dict[str, str], base
                             text=True, timeout=300)
     output = result.stdout + result.stderr
     send_logs(name, output)
-    cb, _, cprefix = checkpoint_uri.removeprefix("s3://").partition("/")
-    for path in sorted((base / "checkpoints").rglob("*")):
+    cb, _, cprefix = (checkpoint_uri or "").removeprefix("s3://").partition("/")
+    for path in sorted((base / "checkpoints").rglob("*")) if checkpoint_uri else []:
         if path.is_file():
             s3.upload_file(str(path), cb, cprefix + path.relative_to(base / "checkpoints").as_posix())
     summary = {"TrainingJobName": name, "TrainingJobArn": job["TrainingJobArn"], "TuningJobName": tuning_job,
@@ -199,6 +224,7 @@ def test_the_tuning_job_request_and_a_rerun_attaches(uploaded, stand_in):
     assert config["Strategy"] == "Bayesian" and config["TrainingJobEarlyStoppingType"] == "Auto"  # 2 epochs
     assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "best_valid_loss"}
     assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2}
+    assert config["RandomSeed"] == 0  # tune.seed's default, seeded as the local search is (the SDK dropped 0)
     ranges = config["ParameterRanges"]
     continuous = {r["Name"]: (float(r["MinValue"]), float(r["MaxValue"]), r["ScalingType"])
                   for r in ranges["ContinuousParameterRanges"]}
@@ -213,7 +239,7 @@ def test_the_tuning_job_request_and_a_rerun_attaches(uploaded, stand_in):
     assert {k: static[k] for k in ("epochs", "classes", "pretrained", "image-size", "weight-decay")} == {
         "epochs": "2", "classes": "0-2", "pretrained": "false", "image-size": "32", "weight-decay": "0.0001"}
     assert not {"lr", "batch-size", "label-smoothing"} & set(static)
-    assert static["checkpoint-per-job"] == "true" and static["sagemaker_program"] == "train.py"
+    assert static["sagemaker_program"] == "train.py"
     source_bucket, _, key = static["sagemaker_submit_directory"].removeprefix("s3://").partition("/")
     assert (source_bucket, key.split("/")[:3]) == (bucket, ["abid", "sagemaker", "code"])  # under the prefix
     with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=source_bucket, Key=key)["Body"].read())) as tar:
@@ -227,8 +253,9 @@ def test_the_tuning_job_request_and_a_rerun_attaches(uploaded, stand_in):
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in d["InputDataConfig"]}
     assert {k: channels[k] for k in ("train", "valid")} == {k: upload["channels"][k] + "/" for k in ("train", "valid")}
     assert "test" not in channels  # the split has no test set; train sends none either
-    ckpt = d["CheckpointConfig"]["S3Uri"]
-    assert ckpt.startswith(f"s3://{bucket}/abid/sagemaker/tuning/") and ckpt.endswith("/")
+    # No checkpoints in S3 for trials: one CheckpointConfig for all of them would be copied down,
+    # whole, to every trial as it starts.
+    assert "CheckpointConfig" not in d
     assert d["EnableManagedSpotTraining"] is True and d["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
     tags = sm.list_tags(ResourceArn=job["HyperParameterTuningJobArn"])["Tags"]
     assert {"Key": "bincli:step", "Value": "tune"} in tags and any(t["Key"] == "bincli:workspace" for t in tags)
@@ -265,14 +292,10 @@ def test_trials_run_score_as_the_local_tuner_and_feed_train_from_tune(uploaded, 
     trials = stand_in.trials[name]
     assert [t["TrainingJobStatus"] for t in trials] == ["Completed", "Completed"], outputs[-1][-3000:]
 
-    # Per-trial checkpoints: the second trial found the first one's checkpoints (the shared
-    # CheckpointConfig was synced down) and did not resume them; each left its own folder.
-    assert (tmp_path / "opt_ml_1" / "checkpoints" / trials[0]["TrainingJobName"] / "last.pt").is_file()
+    # Each trial started with no one else's checkpoints (none are kept in S3 for trials), and
+    # checkpointed as it went in its own container only.
+    assert sorted(p.name for p in (tmp_path / "opt_ml_1" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert "resuming from" not in outputs[1] and "nothing to resume" not in outputs[1]
-    ckpt_bucket, _, ckpt_prefix = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)[
-        "TrainingJobDefinition"]["CheckpointConfig"]["S3Uri"].removeprefix("s3://").partition("/")
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=ckpt_bucket, Prefix=ckpt_prefix)["Contents"]}
-    assert {f"{ckpt_prefix}{t['TrainingJobName']}/last.pt" for t in trials} <= keys
 
     # One score on both tuners: SageMaker's (last regex match) is the local tuner's trial value
     # for the same output, and it is the best epoch's, not the last epoch's, valid loss.
@@ -337,6 +360,21 @@ def test_trials_run_score_as_the_local_tuner_and_feed_train_from_tune(uploaded, 
     job_name = run_train(cfg, from_tune=True, wait=False, console=_quiet())["job_name"]
     hps = sm.describe_training_job(TrainingJobName=job_name)["HyperParameters"]
     assert (hps["lr"], hps["batch-size"], hps["weight-decay"]) == ("0.002", "8", "0.0003")
+
+
+def test_trials_stopped_by_hyperband_or_early_stopping_are_ranked(uploaded, stand_in):
+    from bincli.steps.tune import run_tune
+
+    workdir, _, sm, _, role = uploaded
+    cfg = _config(workdir, role, strategy="hyperband", epochs=3, max_jobs=3)
+    name = run_tune(cfg, console=_quiet(), wait=False)["tuning_job"]
+    ended_trial(sm, name, 0, "Completed", 0.9, stand_in)
+    stopped = ended_trial(sm, name, 1, "Stopped", 0.5, stand_in)  # stopped by Hyperband, with a score
+    ended_trial(sm, name, 2, "Stopped", None, stand_in)  # stopped before it reported any
+    result = run_tune(cfg, console=_quiet())  # attaches (moto: Completed) and ranks
+    assert (result["best_trial"], result["best_value"], result["best_training_job"]) == (1, 0.5, stopped)
+    assert (result["complete"], result["pruned"]) == (1, 2)
+    assert State(workdir).outputs("tune")["best_training_job"] == stopped
 
 
 def test_ctrl_c_leaves_the_job_running_then_stop_stops_it(uploaded, stand_in, in_tmp):

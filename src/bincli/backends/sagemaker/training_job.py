@@ -165,9 +165,10 @@ def _known_checkpoints(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: dict[str, str], bucket: str,
-                  prefix: str, checkpoints: str, run_dir: Path, *, step: str = "train") -> tuple[Any, list[Any]]:
+                  prefix: str, checkpoints: str | None, run_dir: Path, *, step: str = "train") -> tuple[Any, list[Any]]:
     """The v3 ModelTrainer a `bincli train` job runs, and its input channels: one definition that
-    the tuning job (tuner.py) reuses, so every trial is configured exactly as `train` would be.
+    the tuning job (tuner.py) reuses, so every trial is configured as `train` would be (but for
+    `checkpoints`: None keeps none in S3, as tuning trials do).
     A `weights-file` in hp goes as the weights channel; the job is tagged resource_tags(workdir, step);
     the SDK's code uploads (source dir, drivers) go under <prefix>/sagemaker/code/."""
     from sagemaker.core import image_uris
@@ -208,7 +209,7 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=sm_cfg.max_run_minutes * 60,
             max_wait_time_in_seconds=sm_cfg.max_wait_minutes * 60 if sm_cfg.spot else None),
-        checkpoint_config=CheckpointConfig(s3_uri=checkpoints, local_path=CHECKPOINT_PATH),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoints, local_path=CHECKPOINT_PATH) if checkpoints else None,
         output_data_config=OutputDataConfig(s3_output_path=f"s3://{join_key(bucket, prefix, 'sagemaker', 'jobs')}"),
         hyperparameters=hp,
         # torchrun across instances, and across GPUs (SM_NUM_GPUS) unless nproc_per_node says otherwise.

@@ -8,9 +8,12 @@ train config's hyperparameters go as static ones, as `train` sends them; the sea
 continuous parameter, a linear one `Linear`, a list a categorical one.
 
 A trial is scored by its last best-so-far line (`best_valid_loss=...`), which is what SageMaker
-keeps from the objective's regex and what the local tuner scores the same run by. Trials share one
-CheckpointConfig, so each keeps its checkpoints in its own sub-folder (`--checkpoint-per-job`,
-named by the TRAINING_JOB_NAME SageMaker sets): no trial resumes another's checkpoint.
+keeps from the objective's regex and what the local tuner scores the same run by; a trial that
+Hyperband or early stopping stopped is ranked by the score it reached. Trials keep no checkpoints
+in S3: a tuning job has one CheckpointConfig for all its trials (no per-trial URI), and SageMaker
+copies all of it down when each trial starts, so trial k would fetch the k-1 earlier trials'
+checkpoints. The price: a trial that loses its spot instance starts again from epoch 1 (trials are
+tune.epochs long).
 
 The job is recorded in <workdir>/tune/sagemaker-tuning-job.json and in state 'tune' before
 waiting; a rerun with the same settings attaches to it. Ctrl-C stops waiting, not the job;
@@ -60,7 +63,6 @@ OBJECTIVE_TYPES = {"valid_loss": "Minimize", "valid_acc": "Maximize"}
 # A training job's status as the local leaderboard names an Optuna trial's state.
 STATES = {"Completed": "complete", "InProgress": "running", "Stopping": "running", "Stopped": "pruned",
           "Failed": "fail"}
-CHECKPOINT_PER_JOB = "checkpoint-per-job"  # the entry point's flag, sent as a static hyperparameter
 
 
 def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = True,
@@ -89,7 +91,8 @@ def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = 
     sm_cfg = sm_cfg.model_copy(update={"train_instance_count": 1})
     hp = hyperparameters_from(train_cfg)
     hp["classes"] = split["classes"]
-    hp[CHECKPOINT_PER_JOB] = True
+    if tune.seed < 0:
+        raise ConfigError(f"tune.seed: SageMaker's RandomSeed is 0 or more, got {tune.seed}")
     channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
     bucket, prefix = artifacts_location(sm_cfg, upload)
     settings = {"hyperparameters": hp, "space": space, "objective": tune.objective, "strategy": tune.strategy,
@@ -109,18 +112,15 @@ def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = 
         console.print(f"attaching to tuning job {job_name} (started earlier with these settings)",
                       markup=False, soft_wrap=True)
     else:
-        # Ends in "/": SageMaker syncs every key under the prefix, and ".../a" is a prefix of ".../ab".
-        checkpoints = f"s3://{join_key(bucket, prefix, 'sagemaker', 'tuning', fingerprint)}-{_stamp()}/"
         trials_cfg = config.model_copy(update={"train": train_cfg, "sagemaker": sm_cfg})
         # The SDK's own names have minute resolution: a second search within the minute would clash.
         job_name = f"{sm_cfg.base_job_name[:10]}-tune-{datetime.now(UTC):%m%d%H%M%S}-{fingerprint[:4]}"
-        _start(trials_cfg, session, hp, space, channels, bucket, prefix, checkpoints, tune_dir, job_name)
+        _start(trials_cfg, session, hp, space, channels, bucket, prefix, tune_dir, job_name)
         records = _records(job_file)
-        records["jobs"][fingerprint] = {"job_name": job_name, "checkpoints": checkpoints,
+        records["jobs"][fingerprint] = {"job_name": job_name,
                                         "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
         atomic_write_json(job_file, {"latest": job_name, "jobs": records["jobs"]})
-        state.record("tune", {"backend": "sagemaker", "tuning_job": job_name, "status": "InProgress",
-                              "checkpoints": checkpoints},
+        state.record("tune", {"backend": "sagemaker", "tuning_job": job_name, "status": "InProgress"},
                      {**tune.model_dump(mode="json"), "fixed": sorted(fixed)})
         console.print(f"started tuning job {job_name}: {tune.max_jobs} trials, {tune.max_parallel} at a time, "
                       f"{tune.epochs} epoch(s) each on {sm_cfg.train_instance_type}"
@@ -158,7 +158,7 @@ def _as_string(value: Any) -> str:
 
 
 def _start(config: Config, session: Any, hp: dict[str, Any], space: dict[str, Any], channels: dict[str, str],
-           bucket: str, prefix: str, checkpoints: str, tune_dir: Path, job_name: str) -> None:
+           bucket: str, prefix: str, tune_dir: Path, job_name: str) -> None:
     """Create the tuning job `job_name` (at most 32 characters) through the SDK's HyperparameterTuner."""
     from sagemaker.core.shapes import HyperbandStrategyConfig, HyperParameterTuningJobStrategyConfig
     from sagemaker.train.tuner import HyperparameterTuner
@@ -166,7 +166,16 @@ def _start(config: Config, session: Any, hp: dict[str, Any], space: dict[str, An
     from bincli.backends.sagemaker.training_job import build_trainer
 
     tune = config.tune
-    trainer, inputs = build_trainer(config, session, hp, channels, bucket, prefix, checkpoints, tune_dir, step="tune")
+
+    def seeded(params: dict[str, Any], **_: Any) -> None:
+        # The SDK sends random_seed only when truthy (its tuner's `if self.random_seed:`, its
+        # serialiser's too): a seed of 0, SageMaker's smallest, went unsent and the search unseeded.
+        params["HyperParameterTuningJobConfig"]["RandomSeed"] = tune.seed
+
+    # On this session's clients made from now on (the SDK makes its own from the session).
+    session.events.register("provide-client-params.sagemaker.CreateHyperParameterTuningJob", seeded)
+    # No checkpoints for trials (module docstring): None leaves CheckpointConfig out of the definition.
+    trainer, inputs = build_trainer(config, session, hp, channels, bucket, prefix, None, tune_dir, step="tune")
     # The tuner sends str(value) ("False"); `train` sends "false": the same strings as train, here.
     trainer.hyperparameters = {k: _as_string(v) for k, v in (trainer.hyperparameters or {}).items()}
     # The tuner uploads the code to s3://<bucket>/<trainer's base_job_name>/tuning-<time>/input (its
@@ -187,17 +196,13 @@ def _start(config: Config, session: Any, hp: dict[str, Any], space: dict[str, An
         # The local pruner's counterpart: stop trials whose epochs trail the others' (Hyperband
         # stops trials itself and refuses this setting; one epoch leaves nothing to stop early).
         early_stopping_type="Auto" if tune.epochs > 1 and not hyperband else "Off",
-        random_seed=tune.seed or None,
+        random_seed=tune.seed,
         tags=resource_tags(config.workdir, "tune"),
     )
     try:
         tuner.tune(inputs=inputs, job_name=job_name, wait=False)
     except Exception as exc:
         raise aws_error(exc, f"creating tuning job {job_name}") from None
-
-
-def _stamp() -> str:
-    return f"{datetime.now(UTC):%Y%m%d%H%M%S}"
 
 
 # ---------------------------------------------------------------- the job
@@ -371,7 +376,9 @@ def typed_params(tuned: dict[str, str], space: dict[str, Any]) -> dict[str, Any]
 
 
 def _best(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
-    scored = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    # Stopped trials count with the score they reached: Hyperband stops trials at MaxResource and
+    # stops weak ones early, and early stopping (Auto) stops trials too; SageMaker ranks them all.
+    scored = [r for r in rows if r["state"] in ("complete", "pruned") and r["value"] is not None]
     if not scored:
         return None
     pick = min if OBJECTIVE_TYPES[objective] == "Minimize" else max
