@@ -174,3 +174,33 @@ def test_a_deleted_job_is_gone_and_train_starts_a_new_one(uploaded, monkeypatch)
     gone = _Gone(monkeypatch, first, "ValidationException")
     second = run_train(cfg, wait=False, console=Console(file=io.StringIO()))["job_name"]
     assert gone.asked and second != first and second in _jobs(sm)
+
+
+def test_more_processes_than_gpus_is_refused_before_a_job_exists(uploaded):
+    from bincli.steps.train import run_train
+
+    workdir, _, sm, _, role = uploaded
+    before = _jobs(sm)
+    cfg = _config(workdir, role)
+    cfg.train.nproc_per_node = 2
+    cfg.sagemaker.train_instance_type = "ml.g4dn.xlarge"  # one T4
+    with pytest.raises(ConfigError) as caught:
+        run_train(cfg, wait=False, console=Console(file=io.StringIO()))
+    assert caught.value.message == ("train.nproc_per_node: 2 processes per node, but ml.g4dn.xlarge has 1 GPU "
+                                    "(NCCL takes one process per GPU); expected at most 1")
+    assert _jobs(sm) == before
+    # Within the GPUs, and on a CPU instance (gloo), the job is created with that many processes.
+    for instance_type, nproc in (("ml.g4dn.12xlarge", 4), ("ml.m5.xlarge", 2)):
+        cfg.sagemaker.train_instance_type, cfg.train.nproc_per_node = instance_type, nproc
+        name = run_train(cfg, wait=False, console=Console(file=io.StringIO()))["job_name"]
+        assert sm.describe_training_job(TrainingJobName=name)["ResourceConfig"]["InstanceType"] == instance_type
+
+
+@pytest.mark.parametrize(("instance_type", "gpus"), [
+    ("ml.g4dn.xlarge", 1), ("ml.p4d.24xlarge", 8), ("ml.g6.12xlarge", 4), ("ml.m5.xlarge", 0), ("ml.c5.2xlarge", 0),
+    ("ml.trn1.2xlarge", None),  # neither the SDK's table nor bincli's: not checked
+])
+def test_gpu_counts(instance_type, gpus):
+    from bincli.backends.sagemaker.instances import gpu_count
+
+    assert gpu_count(instance_type, "us-east-1") == gpus

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bincli.backends import TrainingRun
+from bincli.backends.sagemaker.instances import check_processes_per_node
 from bincli.backends.sagemaker.session import (
     artifacts_location,
     aws_error,
@@ -69,10 +70,15 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     require_sdk()
     sm_cfg = config.sagemaker
     role_arn(sm_cfg)  # no role: say so before anything goes to S3
+    session = boto_session(sm_cfg)
+    nproc = config.train.nproc_per_node
+    if check_processes_per_node(nproc, sm_cfg.train_instance_type, session.region_name) is None and nproc > 1:
+        console.print(f"warning: train.nproc_per_node {nproc} not checked against {sm_cfg.train_instance_type}'s "
+                      "GPUs (a type bincli does not know): more processes than GPUs fails the job",
+                      markup=False, soft_wrap=True)
     hp = dict(hp)
     channels = {name: uri for name, uri in upload["channels"].items() if name == "train" or int(split.get(name) or 0)}
     bucket, prefix = artifacts_location(sm_cfg, upload)
-    session = boto_session(sm_cfg)
     require_buckets_in_region({bucket, *(parse_s3_uri(uri)[0] for uri in channels.values())},
                               session.region_name, console)
     hp, channels = with_weights_channel(hp, channels, bucket, prefix, session.region_name)
