@@ -50,9 +50,10 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
-# The whole suite: what CI runs (.ci/run). 2 workers on 2 cores, each module whole on one worker.
+# The whole suite: what CI runs (.ci/run). 2 workers on 2 cores, each module whole on one worker; the
+# 25 slowest tests are listed at the end, so every CI log says where the time went.
 test: $(VENV)/.installed-test chromium lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
 # The loop to run while working: the tests not marked slow (no training runs, servers, moto or mirror).
 test-fast: $(VENV)/.installed-test lint
