@@ -132,3 +132,26 @@ def test_sagemaker_yaml_is_valid_and_selects_the_sagemaker_backend():
     loaded = load_config(ROOT / "configs" / "sagemaker.yaml")
     assert loaded.config.backend == "sagemaker" and loaded.config.upload.s3_uri.startswith("s3://")
     assert loaded.config.sagemaker.role_arn.startswith("arn:aws:iam::")
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    # 1.13's image has Python 3.9, older than the core's; 2.8 has a training image but no inference one.
+    ("framework_version", "1.13", "2.3, 2.4, 2.5, 2.6, 2.7, 2.8, 2.9, 2.10"),
+    ("inference_framework_version", "2.8", "2.3, 2.4, 2.5, 2.6"),
+])
+def test_a_framework_version_without_an_image_that_runs_the_core_is_refused_at_load(tmp_path, key, value, allowed):
+    from bincli.pytorch_images import allowed_versions
+
+    path = _write(tmp_path, f"sagemaker:\n  {key}: '{value}'\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    scope = "training" if key == "framework_version" else "inference"
+    image_key = f"{scope}_image"
+    assert str(exc.value) == (
+        f"{path}: sagemaker.{key}: must be a PyTorch version with a SageMaker {scope} image with Python >= 3.11 "
+        f"(the core's) in the installed SageMaker SDK: {', '.join(allowed_versions(scope))}; got '{value}'; "
+        f"or set sagemaker.{image_key}")
+    assert ", ".join(allowed_versions(scope)).startswith(allowed)  # (the SDK installed here, 3.27)
+    # A given image is used as it is: its version is not looked up.
+    loaded = load_config(_write(tmp_path, f"sagemaker:\n  {key}: '{value}'\n  {image_key}: 1.dkr.ecr/x:1\n"), env={})
+    assert getattr(loaded.config.sagemaker, key) == value

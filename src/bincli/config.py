@@ -333,6 +333,22 @@ class SageMakerConfig(Section):
                              f"({self.max_run_minutes}) with spot: true")
         return self
 
+    @field_validator("framework_version", "inference_framework_version")
+    @classmethod
+    def _an_image_runs_the_core(cls, version: str, info) -> str:
+        # Found at load, not when the SDK cannot resolve it (deploy's traceback) or when the job has
+        # billed and the core fails to import on an older Python. A given image is used as it is.
+        from bincli.pytorch_images import image_versions, py_version
+
+        scope, image_key = (("training", "training_image") if info.field_name == "framework_version"
+                            else ("inference", "inference_image"))
+        if info.data.get(image_key) is None and image_versions(scope) is not None:  # None: no SDK, no table
+            try:
+                py_version(version, scope)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; or set sagemaker.{image_key}") from None
+        return version
+
 
 class Config(Section):
     workdir: Path = Path("bincli-work")

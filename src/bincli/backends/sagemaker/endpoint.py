@@ -351,9 +351,12 @@ def _default_image(cfg: Config, region: str) -> str:
     require_sdk()
     from sagemaker.core import image_uris
 
+    from bincli.pytorch_images import py_version
+
     instance_type = SERVERLESS_IMAGE_AS_FOR if cfg.deploy.serverless else cfg.sagemaker.deploy_instance_type
     return image_uris.retrieve(framework="pytorch", region=region, version=cfg.sagemaker.inference_framework_version,
-                               py_version="py312", instance_type=instance_type, image_scope="inference")
+                               py_version=py_version(cfg.sagemaker.inference_framework_version, "inference"),
+                               instance_type=instance_type, image_scope="inference")
 
 
 def _describe(sm: Any, name: str) -> dict[str, Any]:

@@ -193,11 +193,13 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
     from sagemaker.train.distributed import Torchrun
 
     from bincli.artifacts.bundle import write_core_bundle
+    from bincli.pytorch_images import py_version
 
     sm_cfg = config.sagemaker
     hp, channels = with_weights_channel(hp, channels, bucket, prefix, session.region_name)
     image = sm_cfg.training_image or image_uris.retrieve(
         framework="pytorch", region=session.region_name, version=sm_cfg.framework_version,
+        py_version=py_version(sm_cfg.framework_version, "training"),  # one that runs the core (config checked)
         instance_type=sm_cfg.train_instance_type, image_scope="training")
     source_dir = write_core_bundle(run_dir / "sourcedir")
     nproc = config.train.nproc_per_node
