@@ -53,3 +53,21 @@ def test_config_prices_reject_a_bad_key_or_price_naming_it(prices, says):
     with pytest.raises(ConfigError) as exc:
         _sagemaker(prices)
     assert says in str(exc.value)
+
+
+def test_a_job_in_a_region_without_a_price_says_so_and_totals_stay_unknown():
+    from bincli.backends.sagemaker.pricing import cost_line, total_cost, training_cost
+
+    job = {"BillableTimeInSeconds": 120, "TrainingTimeInSeconds": 400,
+           "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 2}}
+    cost = training_cost(job, "eu-west-1", _sagemaker())
+    assert (cost["usd"], cost["usd_per_hour"], cost["price_from"]) == (None, None, None)
+    assert cost_line(cost, "training job j") == ("training job j: billed 120 s on 2 x ml.g4dn.xlarge (of 400 s "
+                                                 "trained: spot); no price known for it (set sagemaker.prices)")
+    priced = training_cost(job, "eu-west-1", _sagemaker({"ml.g4dn.xlarge": 0.9}))
+    assert priced["usd"] == pytest.approx(120 * 2 * 0.9 / 3600) and priced["price_from"] == "sagemaker.prices"
+    # Summed: instance-seconds; one unpriced billed job leaves the total unknown, an unbilled one does not.
+    assert total_cost([priced, cost])["usd"] is None and total_cost([priced, cost])["billable_seconds"] == 480
+    unbilled = training_cost({"ResourceConfig": job["ResourceConfig"]}, "eu-west-1", _sagemaker())
+    assert total_cost([priced, unbilled])["usd"] == priced["usd"]
+    assert cost_line(unbilled, "training job k") == "training job k: SageMaker reported no billable time"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def _jobs(sm) -> list[str]:
 
 
 @pytest.mark.slow
-def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploaded, tmp_path, in_tmp):
+def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploaded, tmp_path, in_tmp, monkeypatch):
     from bincli.steps.train import run_train
 
+    _Billed(monkeypatch, billable=900, trained=900)
     workdir, s3, sm, bucket, role = uploaded
     before = _jobs(sm)
     cfg = _config(workdir, role)
@@ -85,6 +87,12 @@ def test_train_runs_as_a_training_job_then_attaches_packages_and_deploys(uploade
     metrics = json.loads((workdir / "report" / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 6
     assert State(workdir).outputs("train")["job_name"] == job_name
+    # What it cost, in the result (--json) and the record: 900 s of one ml.m5.xlarge at $0.23/h.
+    assert done["cost"] == State(workdir).outputs("train")["cost"] == {
+        "billable_seconds": 900, "training_seconds": 900, "instance_type": "ml.m5.xlarge", "instance_count": 1,
+        "usd_per_hour": 0.23, "usd": 0.0575, "price_from": "on-demand list price, us-east-1, 2025; sagemaker.prices "
+        "overrides"}
+    assert f"training job {job_name}: billed 900 s on 1 x ml.m5.xlarge: $0.058 at $0.23/h" in shown
 
     # deploy serves the model train put in S3 (no second upload); teardown removes it.
     args = ["-w", str(workdir), "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1",
@@ -130,8 +138,25 @@ def test_no_wait_is_for_the_sagemaker_backend_only(in_tmp):
     assert "--no-wait: not available on backend local (available on: sagemaker)" in result.output
 
 
-def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(uploaded, in_tmp):
+class _Billed:
+    """SageMaker's billed and trained seconds, added to moto's DescribeTrainingJob replies for ended
+    jobs (moto runs nothing and reports neither): botocore's after-call event, on every session."""
+
+    def __init__(self, monkeypatch, billable: int = 1800, trained: int = 3600):
+        import botocore.handlers
+
+        self.seconds = {"BillableTimeInSeconds": billable, "TrainingTimeInSeconds": trained}
+        monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", [
+            *botocore.handlers.BUILTIN_HANDLERS, ("after-call.sagemaker.DescribeTrainingJob", self._describe)])
+
+    def _describe(self, parsed, **_):
+        if parsed.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
+            parsed.update(self.seconds)
+
+
+def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(uploaded, in_tmp, monkeypatch):
     """moto marks the job Completed without running it: no model.tar.gz was ever uploaded."""
+    _Billed(monkeypatch, billable=1800, trained=3600)
     workdir, _, _, bucket, role = uploaded
     args = ["train", "-w", str(workdir), "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1",
             "--set", f"sagemaker.role_arn={role}", "--set", "sagemaker.poll_seconds=0.01", "--epochs", "1"]
@@ -139,6 +164,9 @@ def test_a_job_that_left_no_model_is_one_clear_error_and_nothing_recorded(upload
     assert result.exit_code == 1, result.output
     assert f"downloading s3://{bucket}/abid/sagemaker/jobs/" in result.output and "model.tar.gz" in result.output
     assert "sagemaker.config" not in result.output  # the SDK's INFO chatter is not shown
+    # What it billed is said all the same (ml.g4dn.xlarge, the default: $0.736/h in bincli's table).
+    assert re.search(r"training job \S+: billed 1800 s on 1 x ml.g4dn.xlarge \(of 3600 s trained: spot\): "
+                     r"\$0.368 at \$0.736/h \(on-demand list price, us-east-1, ", " ".join(result.output.split()))
     assert State(workdir).outputs("train") is None
     assert not (workdir / "model" / "model.tar.gz").exists()
 

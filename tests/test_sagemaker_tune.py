@@ -9,7 +9,8 @@ before-call event (registered on every new botocore session, as bincli makes its
     read back from the tuning job, in the trial's output;
   - StopHyperParameterTuningJob: recorded, and the job then reads "Stopping".
 It also overlays the tuning job's status in DescribeHyperParameterTuningJob while the test says
-the search is still running (moto says Completed at once). Everything else is moto's.
+the search is still running (moto says Completed at once), and adds the BillableTimeInSeconds a test
+gives a trial to DescribeTrainingJob (moto reports none). Everything else is moto's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class SageMakerStandIn:
         self.statuses: dict[str, list[str]] = {}  # tuning job -> statuses describe reports, one per call
         self.stopped: list[str] = []
         self.interrupt = False
+        self.billable: dict[str, int] = {}  # training job -> its BillableTimeInSeconds
 
     def install(self, monkeypatch) -> None:
         import botocore.handlers
@@ -62,7 +64,8 @@ class SageMakerStandIn:
             *botocore.handlers.BUILTIN_HANDLERS,
             ("before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob", self._list),
             ("before-call.sagemaker.StopHyperParameterTuningJob", self._stop),
-            ("after-call.sagemaker.DescribeHyperParameterTuningJob", self._describe)])
+            ("after-call.sagemaker.DescribeHyperParameterTuningJob", self._describe),
+            ("after-call.sagemaker.DescribeTrainingJob", self._billed)])
 
     def _list(self, params, **_):  # params: the serialised request; its body the call's JSON arguments
         if self.interrupt:
@@ -75,6 +78,10 @@ class SageMakerStandIn:
         self.stopped.append(name)
         self.statuses[name] = ["Stopping"]
         return SimpleNamespace(status_code=200, headers={}), {}
+
+    def _billed(self, parsed, **_):
+        if parsed.get("TrainingJobName") in self.billable:
+            parsed["BillableTimeInSeconds"] = self.billable[parsed["TrainingJobName"]]
 
     def _describe(self, parsed, **_):
         queue = self.statuses.get(parsed.get("HyperParameterTuningJobName"))
@@ -333,7 +340,7 @@ def test_trials_run_score_as_the_local_tuner_and_feed_train_from_tune(uploaded, 
         rows = list(csv.DictReader(f))
     local_columns = ["trial", "state", "value", "duration_s", "lr", "weight_decay", "batch_size", "label_smoothing"]
     assert list(rows[0])[:len(local_columns)] == local_columns and list(rows[0])[len(local_columns):] == [
-        "training_job", "billable_s"]
+        "training_job", "billable_s", "cost_usd"]
     assert [(r["trial"], r["state"], r["training_job"]) for r in rows] == [
         (str(i), "complete", t["TrainingJobName"]) for i, t in enumerate(trials)]
     assert float(rows[1]["value"]) == pytest.approx(values[1], abs=1e-6) and rows[1]["batch_size"] == "8"
@@ -375,6 +382,28 @@ def test_trials_stopped_by_hyperband_or_early_stopping_are_ranked(uploaded, stan
     assert (result["best_trial"], result["best_value"], result["best_training_job"]) == (1, 0.5, stopped)
     assert (result["complete"], result["pruned"]) == (1, 2)
     assert State(workdir).outputs("tune")["best_training_job"] == stopped
+
+
+def test_a_tuning_jobs_cost_is_its_trials_billed_time(uploaded, stand_in):
+    from bincli.steps.tune import run_tune
+
+    workdir, _, sm, _, role = uploaded
+    cfg = _config(workdir, role, max_jobs=3)
+    name = run_tune(cfg, console=_quiet(), wait=False)["tuning_job"]
+    trials = [ended_trial(sm, name, 0, "Completed", 0.9, stand_in), ended_trial(sm, name, 1, "Stopped", 0.7, stand_in),
+              ended_trial(sm, name, 2, "Failed", None, stand_in)]
+    stand_in.billable.update(zip(trials, (600, 300, 60), strict=True))
+    err = io.StringIO()
+    result = run_tune(cfg, console=Console(file=err, width=300))
+    # 960 s of ml.m5.xlarge at $0.23/h (bincli's table), every trial's, the failed one's too.
+    price_from = "on-demand list price, us-east-1, 2025; sagemaker.prices overrides"
+    assert result["billable_seconds"] == 960
+    assert result["cost"] == State(workdir).outputs("tune")["cost"] == {
+        "jobs": 3, "billable_seconds": 960, "usd": round(960 * 0.23 / 3600, 4), "price_from": price_from}
+    assert f"tuning job {name} (3 trials): billed 960 s: $0.061 ({price_from})" in err.getvalue()
+    with open(workdir / "tune" / "tune-results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["billable_s"], r["cost_usd"]) for r in rows] == [("600", "0.0383"), ("300", "0.0192"), ("60", "0.0038")]
 
 
 def test_ctrl_c_leaves_the_job_running_then_stop_stops_it(uploaded, stand_in, in_tmp):

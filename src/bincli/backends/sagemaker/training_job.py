@@ -5,7 +5,8 @@ job: the core bundle as its source dir under the SDK's torchrun driver, managed 
 checkpoints in S3 (a restarted or rerun job resumes from them), the metric definitions of
 core.contract. bincli waits for it, downloads its model.tar.gz and output.tar.gz into
 <workdir>/train/{model,output}, then reports and packages exactly as the local backend does; the
-packaged model (with code/) is uploaded beside the job's artifacts for deploy.
+packaged model (with code/) is uploaded beside the job's artifacts for deploy. When the job ends,
+its billable time and cost (pricing.py) are said, and recorded with the run.
 
 A rerun attaches to the job it started (<workdir>/train/sagemaker-job.json) while the settings are
 the same and the job has not failed or been stopped, instead of starting another one. A new job
@@ -26,6 +27,7 @@ from typing import Any
 
 from bincli.backends import TrainingRun
 from bincli.backends.sagemaker.instances import check_processes_per_node
+from bincli.backends.sagemaker.pricing import cost_line, training_cost
 from bincli.backends.sagemaker.session import (
     artifacts_location,
     aws_error,
@@ -113,6 +115,8 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
     from bincli.backends.sagemaker.job_logs import JobLogs
 
     job = _wait(sm, job_name, sm_cfg.poll_seconds, console, JobLogs(session, job_name), int(hp["epochs"]))
+    cost = training_cost(job, session.region_name, sm_cfg)  # said for a failed job too: it billed
+    console.print(cost_line(cost, f"training job {job_name}"), markup=False, highlight=False, soft_wrap=True)
     if job["TrainingJobStatus"] != "Completed":
         raise job_failed(job)
     _download_artifacts(make_client(region=session.region_name), job, run_dir)
@@ -121,7 +125,7 @@ def train_on_sagemaker(config: Config, hp: Mapping[str, Any], split: Mapping[str
         return {"backend": "sagemaker", "job_name": job_name,
                 "model_s3": upload_model(tar, bucket, prefix, job_name, session.region_name),
                 "job_artifact": job["ModelArtifacts"]["S3ModelArtifacts"],
-                "billable_seconds": job.get("BillableTimeInSeconds")}
+                "billable_seconds": job.get("BillableTimeInSeconds"), "cost": cost}
 
     return TrainingRun(run_dir, publish=publish, extra={"waiting": True})
 

@@ -18,8 +18,9 @@ tune.epochs long).
 The job is recorded in <workdir>/tune/sagemaker-tuning-job.json and in state 'tune' before
 waiting; a rerun with the same settings attaches to it. Ctrl-C stops waiting, not the job;
 `bincli tune --stop` stops it. At the end, <workdir>/tune/tune-results.csv has the local backend's
-columns (then training_job and billable_s), and state 'tune' the best hyperparameters as the local
-backend records them, so `bincli train --from-tune` reads either backend's result.
+columns (then training_job, billable_s and cost_usd), and state 'tune' the best hyperparameters as
+the local backend records them (so `bincli train --from-tune` reads either backend's result) and
+what the trials cost together (pricing.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bincli.backends.sagemaker.pricing import cost_line, total_cost, training_cost
 from bincli.backends.sagemaker.session import (
     artifacts_location,
     aws_error,
@@ -131,7 +133,9 @@ def tune_on_sagemaker(config: Config, fixed: set[str], console, *, wait: bool = 
         return {"backend": "sagemaker", "tuning_job": job_name, "status": status, "waiting": False}
 
     job, trials = _wait(sm, job_name, sm_cfg.poll_seconds, console, space, tune.objective)
-    outputs = _summarise(sm, job, trials, space, tune_dir, tune.objective)
+    outputs = _summarise(sm, job, trials, space, tune_dir, tune.objective, sm_cfg)
+    console.print(cost_line(outputs["cost"], f"tuning job {job_name} ({outputs['trials']} trials)"),
+                  markup=False, highlight=False, soft_wrap=True)
     state.record("tune", outputs, {**tune.model_dump(mode="json"), "fixed": sorted(fixed)})
     return outputs
 
@@ -386,24 +390,30 @@ def _best(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
 
 
 def _summarise(sm: Any, job: dict[str, Any], trials: list[dict[str, Any]], space: dict[str, Any], tune_dir: Path,
-               objective: str) -> dict[str, Any]:
-    """tune-results.csv and the step's outputs; an error naming the reason if no trial finished."""
+               objective: str, sm_cfg: Any) -> dict[str, Any]:
+    """tune-results.csv and the step's outputs (with the trials' summed cost); an error naming the
+    reason (and the cost) if no trial finished."""
     rows = [_row(i, t, space) for i, t in enumerate(trials)]
+    region = sm.meta.region_name
     for row in rows:  # billed seconds are only in each training job's own description
         if row["state"] in ("complete", "pruned", "fail"):
             try:
-                row["billable_s"] = sm.describe_training_job(
-                    TrainingJobName=row["training_job"]).get("BillableTimeInSeconds")
+                described = sm.describe_training_job(TrainingJobName=row["training_job"])
             except Exception as exc:
                 if not is_not_found(exc):
                     raise aws_error(exc, f"training job {row['training_job']}") from None
+                continue
+            row["cost"] = training_cost(described, region, sm_cfg)
+            row["billable_s"] = row["cost"]["billable_seconds"]
     results = _write_results(tune_dir / RESULTS_FILE, rows, space)
     name, status = job["HyperParameterTuningJobName"], job["HyperParameterTuningJobStatus"]
+    cost = total_cost([r["cost"] for r in rows if "cost" in r])
     best = _best(rows, objective)
     if best is None:
         reasons = sorted({r["failure"] for r in rows if r.get("failure")})
         reason = job.get("FailureReason") or "; ".join(reasons) or "no trial reported the objective"
-        raise BincliError(f"tuning job {name} {status.lower()} with no finished trial ({len(rows)} tried): {reason}",
+        raise BincliError(f"tuning job {name} {status.lower()} with no finished trial ({len(rows)} tried): {reason} "
+                          f"({cost_line(cost, 'its trials')})",
                           hint=f"see the trials' CloudWatch logs (/aws/sagemaker/TrainingJobs/{name}-*) "
                                f"and {results}")
     states = [r["state"] for r in rows]
@@ -421,20 +431,23 @@ def _summarise(sm: Any, job: dict[str, Any], trials: list[dict[str, Any]], space
         "best_value": best["value"],
         "best_hyperparameters": best["params"],
         "best_training_job": best["training_job"],
+        "billable_seconds": cost["billable_seconds"],
+        "cost": cost,
     }
 
 
 def _write_results(path: Path, rows: list[dict[str, Any]], space: dict[str, Any]) -> Path:
     """trial, state, value, duration_s, one column per searched hyperparameter (the local backend's
-    columns), then training_job and billable_s."""
+    columns), then training_job, billable_s and cost_usd."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     names = list(space)
-    writer.writerow(["trial", "state", "value", "duration_s", *names, "training_job", "billable_s"])
+    writer.writerow(["trial", "state", "value", "duration_s", *names, "training_job", "billable_s", "cost_usd"])
     for r in rows:
         writer.writerow([r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.6f}",
                          "" if r["duration_s"] is None else r["duration_s"],
                          *(r["params"].get(n, "") for n in names), r["training_job"],
-                         "" if r.get("billable_s") is None else r["billable_s"]])
+                         "" if r.get("billable_s") is None else r["billable_s"],
+                         "" if (r.get("cost") or {}).get("usd") is None else r["cost"]["usd"]])
     atomic_write_text(path, buf.getvalue())
     return path
