@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 from bincli.cli import app
 from bincli.config import Config, FloatRange, SageMakerConfig, TrainConfig, TuneConfig, UploadConfig
 from bincli.data.upload import run_upload
-from bincli.errors import BincliError, Interrupted
+from bincli.errors import BincliError, ConfigError, Interrupted
 from bincli.state import State
 from sagemaker_container import download_prefix, prepare, send_logs, upload_outputs
 from train_blobs import make_split, record_split
@@ -267,6 +267,9 @@ def test_the_tuning_job_request_and_a_rerun_attaches(uploaded, stand_in):
     tags = sm.list_tags(ResourceArn=job["HyperParameterTuningJobArn"])["Tags"]
     assert {"Key": "bincli:step", "Value": "tune"} in tags and any(t["Key"] == "bincli:workspace" for t in tags)
 
+    with pytest.raises(ConfigError, match=r"^tune.seed: SageMaker's RandomSeed is 0 or more, got -1$"):
+        run_tune(_config(workdir, role, seed=-1), console=_quiet(), wait=False)  # refused before it is created
+    assert _tuning_jobs(sm) == sorted([*before, name])
     # Same settings: the same job, not a second one. Other settings: a new one.
     again = run_tune(_config(workdir, role), fixed={"weight_decay"}, console=_quiet(), wait=False)
     assert again["tuning_job"] == name and _tuning_jobs(sm) == sorted([*before, name])
