@@ -217,3 +217,93 @@ def test_a_long_endpoint_name_deploys_and_teardown_uses_the_records_region(sagem
     assert result.exit_code == 0, result.output
     assert not _exists(sm.describe_endpoint, EndpointName=name)
     assert not _exists(sm.describe_model, ModelName=out["models"][0])
+
+
+# ---------------------------------------------------------------- autoscaling through an update (issue 25)
+def _watch_scaling_removal(monkeypatch):
+    """Counts the calls that take autoscaling off (they still reach moto)."""
+    from aws_standins import count, on_sessions
+
+    removals = count()
+    for op in ("DeleteScalingPolicy", "DeregisterScalableTarget"):
+        on_sessions(monkeypatch, f"before-call.application-auto-scaling.{op}", removals)
+    return removals
+
+
+def test_an_update_on_the_same_instance_type_leaves_autoscaling_on(sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    _, sm, bucket, role = sagemaker_env
+    standin = UpdateEndpointStandIn().install(monkeypatch)
+    removals = _watch_scaling_removal(monkeypatch)
+    name = f"bincli-upd-{uuid.uuid4().hex[:8]}"
+    args, _ = _deploy_with_scaling(sm, bucket, role, tmp_path / "work", name)
+    result = runner.invoke(app, ["deploy", *args, "--update"])
+    assert result.exit_code == 0, result.output
+    assert len(standin.calls) == 1 and removals.calls == 0  # never off, not even during the update
+    assert _scaling(name) == ([(1, 3)], [300.0])
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+
+
+def test_a_failed_update_to_another_instance_type_puts_autoscaling_back_whatever_else_fails(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    from aws_standins import on_sessions, refuse
+
+    _, sm, bucket, role = sagemaker_env
+    standin = UpdateEndpointStandIn().install(monkeypatch)
+    standin.fail_reason = "The primary container for variant AllTraffic did not pass the ping health check"
+    name = f"bincli-upd-{uuid.uuid4().hex[:8]}"
+    args, first = _deploy_with_scaling(sm, bucket, role, tmp_path / "work", name)
+    removals = _watch_scaling_removal(monkeypatch)
+    # The caller may not delete endpoint configs (moto lets anyone): the clean-up fails too.
+    denying = {"on": True}
+    denied = refuse("AccessDeniedException", "not authorized to perform: sagemaker:DeleteEndpointConfig",
+                    when=lambda params: denying["on"])
+    on_sessions(monkeypatch, "before-call.sagemaker.DeleteEndpointConfig", denied)
+    result = runner.invoke(app, ["deploy", *args, "--set", "sagemaker.deploy_instance_type=ml.c5.xlarge",
+                                 "--update"])
+    assert result.exit_code == 1 and f"update of endpoint '{name}' failed: {standin.fail_reason}" in result.output
+    [tried] = standin.calls
+    assert f"deleting {tried['EndpointConfigName']}" in result.output
+    assert "('bincli teardown' deletes it)" in result.output
+    assert removals.calls == 2 and denied.calls == 1  # taken off for the new instance type...
+    assert _scaling(name) == ([(1, 3)], [300.0])  # ...and put back on the old variant
+    record = State(tmp_path / "work").outputs("deploy")
+    assert record["autoscaling"]["registered"] is True and record["instance_type"] == "ml.m5.large"
+    assert record["endpoint_configs"] == [*first["endpoint_configs"], tried["EndpointConfigName"]]  # kept to delete
+    assert record["models"] == first["models"] and "update" not in record
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == first["endpoint_configs"][0]
+    denying["on"] = False
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+    assert not _exists(sm.describe_endpoint_config, EndpointConfigName=tried["EndpointConfigName"])
+
+
+def test_an_update_that_stops_waiting_is_finished_by_the_next_deploy(sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    from aws_standins import on_sessions
+
+    _, sm, bucket, role = sagemaker_env
+    standin = UpdateEndpointStandIn().install(monkeypatch)
+    name = f"bincli-upd-{uuid.uuid4().hex[:8]}"
+    args, first = _deploy_with_scaling(sm, bucket, role, tmp_path / "work", name)
+    interrupt = {"on": True}
+
+    def ctrl_c_after_update(**_):  # the first DescribeEndpoint after UpdateEndpoint
+        if standin.calls and interrupt["on"]:
+            raise KeyboardInterrupt
+
+    on_sessions(monkeypatch, "before-call.sagemaker.DescribeEndpoint", ctrl_c_after_update)
+    bigger = [*args, "--set", "sagemaker.deploy_instance_type=ml.c5.xlarge"]
+    result = runner.invoke(app, ["deploy", *bigger, "--update"])
+    assert result.exit_code == 130 and "still being updated on SageMaker, and bills" in result.output
+    assert "'bincli deploy' again waits for it and finishes" in result.output
+    assert _scaling(name) == ([], [])  # off for the new instance type, until the update ends
+    assert State(tmp_path / "work").outputs("deploy")["update"]["config"] == standin.calls[0]["EndpointConfigName"]
+
+    interrupt["on"] = False
+    again = runner.invoke(app, ["deploy", *bigger, "--json"])
+    assert again.exit_code == 0, again.output
+    out = json.loads(again.stdout)
+    assert out["action"] == "updated" and out["replaced"] == first["model_s3"]
+    assert out["endpoint_configs"] == [standin.calls[0]["EndpointConfigName"]] and len(standin.calls) == 1
+    assert out["instance_type"] == "ml.c5.xlarge" and "update" not in out
+    assert not _exists(sm.describe_model, ModelName=first["models"][0])  # the old model went once it was done
+    assert _scaling(name) == ([(1, 3)], [300.0])  # registered again
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0

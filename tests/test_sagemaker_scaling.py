@@ -10,7 +10,8 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from bincli.backends.sagemaker.session import resource_tags
+from aws_standins import count, fix_moto_tagging_arns, moto_endpoint, on_sessions, refuse
+from bincli.backends.sagemaker.session import legacy_workspace_tag, resource_tags
 from bincli.cli import app
 from bincli.state import State
 
@@ -244,9 +245,12 @@ def test_the_local_backend_refuses_serverless_and_autoscaling(tmp_path, in_tmp, 
     assert all_local.exit_code == 2 and "teardown --all: not available on backend local" in all_local.output
 
 
-def test_teardown_all_finds_this_workspaces_leftovers_by_tag(sagemaker_env, tmp_path, in_tmp):
+def test_teardown_all_finds_this_workspaces_leftovers_by_tag(sagemaker_env, tmp_path, in_tmp, monkeypatch):
     _, sm, bucket, role = sagemaker_env
     aas = boto3.client("application-autoscaling")
+    fix_moto_tagging_arns(monkeypatch)
+    list_tags = count()
+    on_sessions(monkeypatch, "before-call.sagemaker.ListTags", list_tags)
     mine, lost, theirs = _name(), _name(), _name()
     workdir, other = _workspace(tmp_path, bucket), _workspace(tmp_path, bucket, "other")
     # A deploy whose record was lost (state deleted by hand), then a recorded one, in this workspace...
@@ -258,7 +262,10 @@ def test_teardown_all_finds_this_workspaces_leftovers_by_tag(sagemaker_env, tmp_
 
     result = runner.invoke(app, ["teardown", "--all", *_args(workdir, bucket, role, mine), "--json"])
     assert result.exit_code == 0, result.output
-    removed = json.loads(result.stdout)["removed"]
+    out = json.loads(result.stdout)
+    removed = out["removed"]
+    # Found by the tag server-side: no ListTags per resource in the region.
+    assert out["found_by"] == "Resource Groups Tagging API" and list_tags.calls == 0 and out["left"] == []
     assert f"endpoint {lost}" in removed and f"endpoint {mine}" in removed
     assert f"scalable target endpoint/{lost}/variant/AllTraffic" in removed
     assert _targets(aas, f"endpoint/{lost}/variant/AllTraffic") == []
@@ -302,4 +309,176 @@ def test_the_autoscaling_target_can_come_from_the_endpoints_last_loadtest(sagema
     assert result.exit_code == 0, result.output
     [policy] = _policies(aas, f"endpoint/{name}/variant/AllTraffic")
     assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 375.0
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+
+
+# ---------------------------------------------------------------- teardown on a real account's refusals (issue 25)
+AAS_EVENT = "before-call.application-auto-scaling"
+DENIED = "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: application-autoscaling:{}"
+
+
+@pytest.mark.parametrize("command", [["teardown"], ["teardown", "--all"]])
+def test_an_endpoint_is_deleted_even_where_its_autoscaling_may_not_be_removed(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch, command):
+    _, sm, bucket, role = sagemaker_env
+    aas = boto3.client("application-autoscaling")
+    name = _name()
+    rid = f"endpoint/{name}/variant/AllTraffic"
+    workdir = _workspace(tmp_path, bucket)
+    args = _args(workdir, bucket, role, name, *AUTOSCALING)
+    assert runner.invoke(app, ["deploy", *args]).exit_code == 0
+    if "--all" in command:
+        State(workdir).forget("deploy")  # the record was lost: found by its tag
+        fix_moto_tagging_arns(monkeypatch)
+    # moto grants every Application Auto Scaling call: a hook refuses them all, as IAM does for a
+    # caller without application-autoscaling:* rights.
+    denied = refuse("AccessDeniedException", DENIED.format("DescribeScalingPolicies"))
+    on_sessions(monkeypatch, f"{AAS_EVENT}.*", denied)
+
+    result = runner.invoke(app, [*command, *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert denied.calls >= 1
+    assert _names(sm, name) == {"endpoints": [], "configs": [], "models": []}  # nothing left billing
+    out = json.loads(result.stdout)
+    assert f"endpoint {name}" in out["removed"]
+    [left] = out["left"]
+    assert left.startswith(f"autoscaling of {rid}, because") and "AccessDeniedException" in left
+    assert f"warning: left autoscaling of {rid}" in result.stderr
+    assert f"deregister-scalable-target --service-namespace sagemaker --resource-id {rid}" in result.stderr
+    assert State(workdir).outputs("deploy") is None
+    assert len(_targets(aas, rid)) == 1  # really left (it bills nothing without its endpoint)
+
+
+def test_teardown_all_without_the_tagging_api_asks_list_tags_and_skips_what_it_cannot_read(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    _, sm, bucket, role = sagemaker_env
+    lost, theirs = _name(), _name()
+    workdir, other = _workspace(tmp_path, bucket), _workspace(tmp_path, bucket, "other")
+    assert runner.invoke(app, ["deploy", *_args(workdir, bucket, role, lost)]).exit_code == 0
+    State(workdir).forget("deploy")
+    assert runner.invoke(app, ["deploy", *_args(other, bucket, role, theirs)]).exit_code == 0
+    # No tagging:GetResources right; and ListTags refused on one resource (another team's model).
+    tagging = refuse("AccessDeniedException", "not authorized to perform: tag:GetResources")
+    on_sessions(monkeypatch, "before-call.resource-groups-tagging-api.GetResources", tagging)
+    unreadable = refuse("AccessDeniedException", "not authorized to perform: sagemaker:ListTags",
+                        when=lambda params: f"model/{theirs}".encode() in params["body"])
+    on_sessions(monkeypatch, "before-call.sagemaker.ListTags", unreadable)
+
+    result = runner.invoke(app, ["teardown", "--all", *_args(workdir, bucket, role, lost), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert tagging.calls == 1 and out["found_by"] == "ListTags" and unreadable.calls == 1
+    assert f"endpoint {lost}" in out["removed"]
+    assert _names(sm, lost) == {"endpoints": [], "configs": [], "models": []}
+    [left] = out["left"]
+    assert left.startswith(f"model {theirs}") and "not checked" in left and "AccessDeniedException" in left
+    assert f"warning: left model {theirs}" in result.stderr
+    assert len(_names(sm, theirs)["models"]) == 1 and len(_names(sm, theirs)["endpoints"]) == 1
+    assert runner.invoke(app, ["teardown", *_args(other, bucket, role, theirs)]).exit_code == 0
+
+
+def test_teardown_all_reads_the_old_path_based_tag_only_where_a_deploy_record_carries_it(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    """Resources made before workspace ids carry a tag computed from the workdir's path, the same on
+    every machine with that path: they are ours only where this workspace's deploy record predates ids."""
+    _, sm, bucket, role = sagemaker_env
+    fix_moto_tagging_arns(monkeypatch)
+    name, leftover = _name(), _name()
+    workdir = _workspace(tmp_path, bucket)
+    args = _args(workdir, bucket, role, name)
+    old_tag = [{"Key": "bincli:workspace", "Value": legacy_workspace_tag(workdir)}]
+
+    def old_model(model: str) -> None:  # what an earlier bincli left, tagged the old way
+        sm.create_model(ModelName=model, ExecutionRoleArn=role, Tags=old_tag,
+                        PrimaryContainer={"Image": "x", "ModelDataUrl": f"s3://{bucket}/x.tar.gz"})
+
+    # A fresh workspace at a path someone else used before: their old-tagged model is not ours.
+    old_model(leftover)
+    result = runner.invoke(app, ["teardown", "--all", *args, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["removed"] == []
+    assert _names(sm, leftover)["models"] == [leftover]
+
+    # A deploy record made before workspace ids (no "workspace" in it): its old tag is read too.
+    assert runner.invoke(app, ["deploy", *args]).exit_code == 0
+    record = State(workdir).outputs("deploy")
+    assert record["workspace"] == resource_tags(workdir, "deploy")[0]["Value"] != old_tag[0]["Value"]
+    del record["workspace"]
+    State(workdir).record("deploy", record)
+    result = runner.invoke(app, ["teardown", "--all", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert f"model {leftover}" in out["removed"] and f"endpoint {name}" in out["removed"]
+    assert _names(sm, leftover)["models"] == [] and _names(sm, name)["endpoints"] == []
+
+
+# ---------------------------------------------------------------- deploy stopped while waiting (issue 25)
+@pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
+def test_a_deploy_that_stops_waiting_says_the_endpoint_bills_and_a_rerun_finishes_it(
+        sagemaker_env, tmp_path, in_tmp, monkeypatch, how):
+    from bincli.backends.sagemaker import endpoint
+
+    _, _, bucket, role = sagemaker_env
+    aas = boto3.client("application-autoscaling")
+    name = _name()
+    rid = f"endpoint/{name}/variant/AllTraffic"
+    workdir = _workspace(tmp_path, bucket)
+    args = _args(workdir, bucket, role, name, *AUTOSCALING)
+    creating = {"on": True}
+
+    def still_creating(**_):  # moto's endpoints are InService at once; AWS takes minutes
+        if creating["on"]:
+            moto_endpoint(name).endpoint_status = "Creating"
+            if how == "ctrl-c":
+                raise KeyboardInterrupt
+
+    on_sessions(monkeypatch, "before-call.sagemaker.DescribeEndpoint", still_creating)
+    if how == "timeout":  # the clock jumps an hour per reading: the 30 minutes are up at the first check
+        clock = iter(range(0, 10**6, 3600))
+        monkeypatch.setattr(endpoint, "time", type("Clock", (), {"monotonic": lambda: next(clock),
+                                                                 "sleep": lambda s: None}))
+
+    result = runner.invoke(app, ["deploy", *args])
+    assert result.exit_code == (130 if how == "ctrl-c" else 1), result.output
+    assert f"endpoint '{name}'" in result.output and "still being created on SageMaker, and bills" in result.output
+    assert "'bincli deploy' again waits for it and finishes the deploy (autoscaling included)" in result.output
+    assert "'bincli teardown' removes it" in result.output
+    record = State(workdir).outputs("deploy")  # recorded before the wait
+    assert record["endpoint"] == name and record["autoscaling"]["registered"] is False
+    assert _targets(aas, rid) == []
+
+    creating["on"] = False
+    moto_endpoint(name).endpoint_status = "InService"  # it got there meanwhile
+    again = runner.invoke(app, ["deploy", *args, "--json"])
+    assert again.exit_code == 0, again.output
+    out = json.loads(again.stdout)
+    assert out["action"] == "finished" and out["status"] == "InService" and out["autoscaling"]["registered"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in _targets(aas, rid)] == [(2, 5)]
+    assert len(_policies(aas, rid)) == 1
+    assert State(workdir).outputs("deploy")["status"] == "InService"
+    third = runner.invoke(app, ["deploy", *args])
+    assert third.exit_code == 1 and "already deployed" in third.output  # finished: nothing more to do
+    assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+
+
+def test_a_rerun_registers_autoscaling_that_was_refused_the_first_time(sagemaker_env, tmp_path, in_tmp, monkeypatch):
+    _, _, bucket, role = sagemaker_env
+    aas = boto3.client("application-autoscaling")
+    name = _name()
+    rid = f"endpoint/{name}/variant/AllTraffic"
+    workdir = _workspace(tmp_path, bucket)
+    args = _args(workdir, bucket, role, name, *AUTOSCALING)
+    allowed = {"yet": False}
+    denied = refuse("AccessDeniedException", DENIED.format("RegisterScalableTarget"),
+                    when=lambda params: not allowed["yet"])
+    on_sessions(monkeypatch, f"{AAS_EVENT}.RegisterScalableTarget", denied)
+
+    result = runner.invoke(app, ["deploy", *args])
+    assert result.exit_code == 1 and "registering autoscaling" in result.output
+    assert "'bincli deploy' again registers it" in result.output
+    assert _targets(aas, rid) == [] and State(workdir).outputs("deploy")["status"] == "InService"
+
+    allowed["yet"] = True  # the rights were granted
+    again = runner.invoke(app, ["deploy", *args, "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["autoscaling"]["registered"] is True and len(_targets(aas, rid)) == 1
     assert runner.invoke(app, ["teardown", *args]).exit_code == 0

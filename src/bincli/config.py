@@ -363,6 +363,26 @@ class Config(Section):
     predict: PredictConfig = PredictConfig()
     sagemaker: SageMakerConfig = SageMakerConfig()
 
+    @model_validator(mode="after")
+    def _default_endpoint_name(self) -> Config:
+        # An unset deploy.name takes its backend's default (data, like the field defaults): a SageMaker
+        # endpoint name is shared by the whole account and region, so it ends with this workspace's id.
+        if "name" not in self.deploy.model_fields_set:
+            default = _DEFAULT_ENDPOINT_NAME[self.backend](self.workdir)
+            if default != self.deploy.name:
+                self.deploy.name = default
+        return self
+
+
+def _workspace_endpoint_name(workdir: Path) -> str:
+    from bincli.workspace import workspace_id
+
+    return f"bincli-{workspace_id(workdir)}"
+
+
+_DEFAULT_ENDPOINT_NAME = {"local": lambda workdir: DeployConfig.model_fields["name"].default,
+                          "sagemaker": _workspace_endpoint_name}
+
 
 STEPS = ("download", "split", "upload", "train", "tune", "deploy", "predict", "sagemaker")
 

@@ -5,10 +5,9 @@ creates a SageMaker model (AWS's PyTorch inference image; our code/inference.py 
 an endpoint config and the endpoint, each tagged with the workspace, records every name (and the
 scaling plan) in state before waiting, waits for InService, then registers autoscaling.
 
-`deploy --update` makes a new model + endpoint config and calls UpdateEndpoint. The old config and
-model are deleted only once the endpoint is InService on the new one; a failed update leaves the
-endpoint serving the old model, deletes the new ones and says so. Autoscaling is taken off for the
-update (AWS refuses to update a scaled variant's instance type) and put back after, either way.
+Ctrl-C or the wait's timeout leave the endpoint being created (it bills): the error says so, and
+`deploy` run again waits for it and finishes (status, autoscaling); so does it for an endpoint whose
+autoscaling could not be registered. `deploy --update` is in update.py.
 
 (boto3, not the v3 SDK's resource classes: those crash on moto's replies; see SAGEMAKER.md.)
 """
@@ -32,12 +31,13 @@ from bincli.backends.sagemaker.session import (
     resource_tags,
     role_arn,
     upload_model,
+    workspace_tag,
 )
 from bincli.config import Config
 from bincli.console import err
 from bincli.core.contract import CODE_DIR, INFERENCE_SCRIPT
 from bincli.core.fileio import file_sha256
-from bincli.errors import BincliError, ConfigError, StateError
+from bincli.errors import BincliError, ConfigError, Interrupted, StateError
 from bincli.state import State
 
 MODEL_DIR_IN_CONTAINER = "/opt/ml/model"
@@ -56,12 +56,30 @@ def clients(cfg: Config, region: str | None = None) -> tuple[Any, Any]:
     return session.client("sagemaker", config=retries), session.client("application-autoscaling", config=retries)
 
 
+def tagging_client(cfg: Config, region: str | None = None) -> Any:
+    """The Resource Groups Tagging API client in `region` (teardown --all finds resources by tag with it)."""
+    from botocore.config import Config as BotoConfig
+
+    return boto_session(cfg.sagemaker, region=region).client("resourcegroupstaggingapi",
+                                                             config=BotoConfig(retries={"mode": "standard"}))
+
+
 def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = False) -> dict[str, Any]:
-    """Create the endpoint (or, with update=True, put a new model on it); wait until InService."""
+    """Create the endpoint (or, with update=True, put a new model on it); wait until InService.
+    A deploy or update that stopped waiting (Ctrl-C, timeout) is finished instead."""
+    from bincli.backends.sagemaker import update as updating
+
     state = State(cfg.workdir)
     existing = recorded_endpoint(state, backend="sagemaker")
     if existing is None:
         return _create(cfg, state, model)
+    if not existing.get("endpoint"):
+        raise StateError(f"endpoint '{existing['name']}' was never created (its deploy was interrupted)",
+                         hint="'bincli teardown' removes what it left, then 'bincli deploy'")
+    if existing.get("update"):
+        return updating.finish_update(cfg, state, existing)
+    if _unfinished(existing):
+        return _finish_create(cfg, state, existing)
     if not update:
         raise BincliError(f"endpoint '{existing['name']}' is already deployed from {cfg.workdir}",
                           hint="--update puts the new model on it; 'bincli teardown' removes it")
@@ -69,10 +87,7 @@ def deploy_sagemaker(cfg: Config, model: Path | None = None, update: bool = Fals
         raise BincliError(f"endpoint '{existing['name']}' is deployed from {cfg.workdir}, not '{cfg.deploy.name}' "
                           "(one endpoint per workspace)",
                           hint=f"--endpoint {existing['name']}, or 'bincli teardown' first")
-    if not existing.get("endpoint"):
-        raise StateError(f"endpoint '{existing['name']}' was never created (its deploy was interrupted)",
-                         hint="'bincli teardown' removes what it left, then 'bincli deploy'")
-    return _update(cfg, state, existing, model)
+    return updating.update(cfg, state, existing, model)
 
 
 def resource_name(base: str, stamp: str, taken: Any = ()) -> str:
@@ -119,17 +134,17 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
     sm, aas = clients(cfg)
     region = sm.meta.region_name
     role = role_arn(sm_cfg)
-    image = _image(cfg, region)
-    model_s3 = _model_in_s3(cfg, state, model, region)
+    image = inference_image(cfg, region)
+    model_s3 = model_in_s3(cfg, state, model, region)
     name = d.name
     record: dict[str, Any] = {
         "backend": "sagemaker", "name": name, "region": region, "models": [], "endpoint_configs": [],
-        "model_sha256": _model_sha256(cfg, state, model),
+        "workspace": workspace_tag(cfg.workdir),  # what its resources' bincli:workspace tag says
+        "model_sha256": model_sha256(cfg, state, model),
         "autoscaling": scaling.plan(name, d.autoscaling) if d.autoscaling else None,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
-        _, config_name = _model_and_config(cfg, sm, state, record, role, image, model_s3,
-                                           _instance_count(cfg, None))
+        _, config_name = model_and_config(cfg, sm, state, record, role, image, model_s3, instance_count(cfg, None))
         sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name,
                            Tags=resource_tags(cfg.workdir, "deploy"))
         record["endpoint"] = name
@@ -138,19 +153,38 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise aws_error(exc, f"creating endpoint '{name}'") from None
-    err.print(f"creating endpoint '{name}' ({_capacity(record)}); this takes a few minutes", markup=False,
+    err.print(f"creating endpoint '{name}' ({capacity(record)}); this takes a few minutes", markup=False,
               soft_wrap=True)
-    desc = _wait(sm, name, sm_cfg.poll_seconds, sm_cfg.deploy_timeout_minutes * 60)
+    return _in_service(cfg, state, record, sm, aas, "created")
+
+
+def _unfinished(record: dict[str, Any]) -> bool:
+    """A deploy that stopped before the endpoint was InService with its autoscaling registered."""
+    plan = record.get("autoscaling")
+    return record.get("status") != "InService" or bool(plan and not plan.get("registered"))
+
+
+def _finish_create(cfg: Config, state: State, record: dict[str, Any]) -> dict[str, Any]:
+    """An earlier deploy's endpoint: wait until InService, then record it and register autoscaling."""
+    sm, aas = clients(cfg, record.get("region"))
+    err.print(f"endpoint '{record['endpoint']}' from an earlier deploy: finishing it", markup=False, soft_wrap=True)
+    return _in_service(cfg, state, record, sm, aas, "finished")
+
+
+def _in_service(cfg: Config, state: State, record: dict[str, Any], sm: Any, aas: Any, action: str) -> dict[str, Any]:
+    name = record["endpoint"]
+    desc = settle(cfg, sm, name, "created")
     if desc["EndpointStatus"] != "InService":
         raise BincliError(f"endpoint '{name}' {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}",
                           hint="see its CloudWatch logs (/aws/sagemaker/Endpoints); 'bincli teardown' removes it")
     record["status"] = "InService"
-    _register_scaling(aas, state, record, cfg)
-    return {**record, "action": "created"}
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+    register_scaling(aas, state, record, cfg)
+    return {**record, "action": action}
 
 
-def _model_and_config(cfg: Config, sm: Any, state: State, record: dict[str, Any], role: str, image: str,
-                      model_s3: str, count: int) -> tuple[str, str]:
+def model_and_config(cfg: Config, sm: Any, state: State, record: dict[str, Any], role: str, image: str,
+                     model_s3: str, count: int) -> tuple[str, str]:
     """A new SageMaker model and endpoint config for `model_s3`, each added to the record (and state)
     as soon as it exists, so teardown can always find it."""
     d, sm_cfg = cfg.deploy, cfg.sagemaker
@@ -195,7 +229,7 @@ def _model_server_workers(cfg: Config) -> int | None:
     return 1
 
 
-def _instance_count(cfg: Config, running: int | None) -> int:
+def instance_count(cfg: Config, running: int | None) -> int:
     """Instances the new config starts with: the configured count, or with autoscaling what runs now
     (an update must not shrink an endpoint that has scaled out), within min..max."""
     a = cfg.deploy.autoscaling
@@ -203,7 +237,7 @@ def _instance_count(cfg: Config, running: int | None) -> int:
     return min(max(count, a.min_instances), a.max_instances) if a else count
 
 
-def _capacity(record: dict[str, Any]) -> str:
+def capacity(record: dict[str, Any]) -> str:
     if record.get("serverless"):
         s = record["serverless"]
         return f"serverless, {s['MemorySizeInMB']} MB, up to {s['MaxConcurrency']} at once"
@@ -212,105 +246,24 @@ def _capacity(record: dict[str, Any]) -> str:
     return f"{record['instance_count']} x {record['instance_type']}{scale}"
 
 
-def _register_scaling(aas: Any, state: State, record: dict[str, Any], cfg: Config) -> None:
+def register_scaling(aas: Any, state: State, record: dict[str, Any], cfg: Config) -> None:
     p = record.get("autoscaling")
     if not p:
         return
     try:
         scaling.register(aas, p)
     except Exception as exc:
-        raise aws_error(exc, f"registering autoscaling of endpoint '{record['name']}' (it is up, at a fixed "
-                        f"{record.get('instance_count')} instance(s))") from None
+        error = aws_error(exc, f"registering autoscaling of endpoint '{record['name']}' (it is up, at a fixed "
+                          f"{record.get('instance_count')} instance(s))")
+        error.hint = (f"{error.hint}; then " if error.hint else "") + \
+            "'bincli deploy' again registers it ('bincli teardown' removes the endpoint)"
+        raise error from None
     p["registered"] = True
     state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
 
 
-# ---------------------------------------------------------------- update
-def _update(cfg: Config, state: State, record: dict[str, Any], model: Path | None) -> dict[str, Any]:
-    sm_cfg, d = cfg.sagemaker, cfg.deploy
-    name = record["endpoint"]
-    sm, aas = clients(cfg, record["region"])
-    region = record["region"]
-    role = role_arn(sm_cfg)
-    image = _image(cfg, region)
-    model_s3 = _model_in_s3(cfg, state, model, region)
-    sha256 = _model_sha256(cfg, state, model)
-    desc = _describe(sm, name)
-    if desc["EndpointStatus"] != "InService":
-        raise BincliError(f"endpoint '{name}' is {desc['EndpointStatus']}; an update needs it InService",
-                          hint="'bincli status' shows it; try again once it is InService")
-    old = {"models": list(record["models"]), "endpoint_configs": list(record["endpoint_configs"]),
-           **{k: record.get(k) for k in ("model_s3", "model_sha256", "image", "serverless", "instance_type",
-                                        "instance_count", "model_server_workers")}}
-    running = (desc.get("ProductionVariants") or [{}])[0].get("CurrentInstanceCount")
-    # Scaling survives: the config's settings, else the record's (not on a serverless endpoint).
-    new_plan = (scaling.plan(name, d.autoscaling) if d.autoscaling
-                else None if d.serverless else record.get("autoscaling"))
-    old_plan = record.get("autoscaling")
-    record["update"] = {"from_config": desc["EndpointConfigName"], "started_at": datetime.now(UTC).isoformat(
-        timespec="seconds")}
-    try:
-        record["model_sha256"] = sha256
-        new_model, new_config = _model_and_config(cfg, sm, state, record, role, image, model_s3,
-                                                  _instance_count(cfg, running))
-    except BincliError:
-        raise
-    except Exception as exc:
-        raise aws_error(exc, f"updating endpoint '{name}'") from None
-    if old_plan and old_plan.get("registered"):
-        try:
-            scaling.deregister(aas, old_plan["resource_id"], [old_plan["policy"]])
-        except Exception as exc:
-            raise aws_error(exc, f"taking autoscaling off endpoint '{name}' for the update") from None
-        old_plan["registered"] = False
-        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
-    err.print(f"updating endpoint '{name}' to {model_s3} ({_capacity(record)}); this takes a few minutes",
-              markup=False, soft_wrap=True)
-    failure = None
-    try:
-        sm.update_endpoint(EndpointName=name, EndpointConfigName=new_config)
-    except Exception as exc:
-        failure = aws_error(exc, "UpdateEndpoint").message
-    if failure is None:
-        desc = _wait(sm, name, sm_cfg.poll_seconds, sm_cfg.deploy_timeout_minutes * 60)
-        if desc["EndpointStatus"] != "InService":
-            raise BincliError(f"endpoint '{name}' {desc['EndpointStatus']} while updating: "
-                              f"{desc.get('FailureReason', 'no reason given')}",
-                              hint="see its CloudWatch logs; 'bincli teardown' removes it and both models")
-        if desc["EndpointConfigName"] != new_config:
-            failure = desc.get("FailureReason") or "the endpoint went back to its previous config"
-    if failure is not None:
-        _delete(sm, [new_config], [new_model])
-        record.update(old)
-        record.pop("update")
-        _register_scaling(aas, state, record, cfg)
-        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
-        raise BincliError(f"update of endpoint '{name}' failed: {failure}. It still serves the previous model "
-                          f"{old['model_s3']}; the new model and endpoint config were deleted")
-    _delete(sm, old["endpoint_configs"], old["models"])
-    record["models"], record["endpoint_configs"] = [new_model], [new_config]
-    record["autoscaling"] = new_plan and {**new_plan, "registered": False}
-    record["updated_at"] = record.pop("update")["started_at"]
-    record["status"] = "InService"
-    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
-    _register_scaling(aas, state, record, cfg)
-    return {**record, "action": "updated", "replaced": old["model_s3"]}
-
-
-def _delete(sm: Any, configs: list[str], models: list[str]) -> None:
-    """Delete endpoint configs, then models; a name already gone is skipped."""
-    for call, key, names in ((sm.delete_endpoint_config, "EndpointConfigName", configs),
-                             (sm.delete_model, "ModelName", models)):
-        for n in names:
-            try:
-                call(**{key: n})
-            except Exception as exc:
-                if not is_not_found(exc):
-                    raise aws_error(exc, f"deleting {n}") from None
-
-
 # ---------------------------------------------------------------- shared
-def _image(cfg: Config, region: str) -> str:
+def inference_image(cfg: Config, region: str) -> str:
     image = cfg.sagemaker.inference_image
     if cfg.deploy.serverless is not None and image and "gpu" in image.rsplit(":", 1)[-1]:
         raise ConfigError(f"sagemaker.inference_image: a serverless endpoint runs on CPU only; {image} is a GPU image",
@@ -318,7 +271,7 @@ def _image(cfg: Config, region: str) -> str:
     return image or _default_image(cfg, region)
 
 
-def _model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
+def model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
     """The sha256 of the archive deployed: the one named, else train's (its record names it)."""
     chosen = model or cfg.deploy.model
     if chosen is None:
@@ -326,7 +279,7 @@ def _model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
     return file_sha256(chosen)
 
 
-def _model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:
+def model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:
     """The S3 URI of the packaged model: train's upload, else the local archive uploaded now."""
     from bincli.artifacts.modeltar import read_model_info
 
@@ -359,21 +312,34 @@ def _default_image(cfg: Config, region: str) -> str:
                                instance_type=instance_type, image_scope="inference")
 
 
-def _describe(sm: Any, name: str) -> dict[str, Any]:
+def describe(sm: Any, name: str) -> dict[str, Any]:
     try:
         return sm.describe_endpoint(EndpointName=name)
     except Exception as exc:
+        if is_not_found(exc):
+            raise StateError(f"endpoint '{name}' is recorded in this workspace but gone from SageMaker",
+                             hint="'bincli teardown' forgets it (and deletes its models and configs), then "
+                                  "'bincli deploy'") from None
         raise aws_error(exc, f"endpoint '{name}'") from None
 
 
-def _wait(sm: Any, name: str, poll_seconds: float, timeout: float) -> dict[str, Any]:
-    """Describe the endpoint until it settles (InService, Failed, OutOfService); its last description."""
+def settle(cfg: Config, sm: Any, name: str, doing: str) -> dict[str, Any]:
+    """Describe the endpoint until it settles (InService, Failed, OutOfService); its last description.
+    Ctrl-C or the timeout leave it being `doing` (created, updated) on SageMaker, billing: the error
+    says so and how to finish. The record, written before the wait, is what a rerun finishes."""
+    poll, timeout = cfg.sagemaker.poll_seconds, cfg.sagemaker.deploy_timeout_minutes * 60
+    finish = "'bincli deploy' again waits for it and finishes the deploy (autoscaling included); " \
+             "'bincli teardown' removes it"
     deadline = time.monotonic() + timeout
-    while True:
-        desc = _describe(sm, name)
-        if desc["EndpointStatus"] in ("InService", "Failed", "OutOfService"):
-            return desc
-        if time.monotonic() > deadline:
-            raise BincliError(f"endpoint '{name}' still {desc['EndpointStatus']} after {timeout / 60:.0f} min",
-                              hint="'bincli status' later, or 'bincli teardown' to remove it")
-        time.sleep(poll_seconds)  # polling a remote API
+    try:
+        while True:
+            desc = describe(sm, name)
+            if desc["EndpointStatus"] in ("InService", "Failed", "OutOfService"):
+                return desc
+            if time.monotonic() > deadline:
+                raise BincliError(f"endpoint '{name}' still {desc['EndpointStatus']} after {timeout / 60:.0f} min: "
+                                  f"it is still being {doing} on SageMaker, and bills", hint=finish)
+            time.sleep(poll)  # polling a remote API
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped waiting: endpoint '{name}' is still being {doing} on SageMaker, and bills",
+                          hint=finish) from None

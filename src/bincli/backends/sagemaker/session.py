@@ -160,16 +160,34 @@ def upload_model(tar: Path, bucket: str, prefix: str, name: str, region: str) ->
     return f"s3://{bucket}/{key}"
 
 
+WORKSPACE_TAG = "bincli:workspace"
+
+
 def resource_tags(workdir: str | Path, step: str) -> list[dict[str, str]]:
     """The tags every SageMaker resource bincli creates carries, so `teardown --all` can find
-    leftovers: `bincli:workspace` (the workdir's name and a hash of its absolute path, unique per
-    workspace and within SageMaker's tag-value alphabet) and `bincli:step` (train, tune, deploy)."""
+    leftovers: `bincli:workspace` (workspace_tag) and `bincli:step` (train, tune, deploy)."""
+    return [{"Key": WORKSPACE_TAG, "Value": workspace_tag(workdir)}, {"Key": "bincli:step", "Value": step}]
+
+
+def workspace_tag(workdir: str | Path) -> str:
+    """`<workdir's name>-<workspace id>`: the id (bincli.workspace) makes it unique, the name readable."""
+    from bincli.workspace import workspace_id
+
+    return f"{_tag_name(workdir)}-{workspace_id(workdir)}"
+
+
+def legacy_workspace_tag(workdir: str | Path) -> str:
+    """The tag value bincli used before workspace ids: the name and a hash of the absolute path, the
+    same on every machine with that path. Only read, where a deploy record predates the id."""
     import hashlib
 
     path = Path(workdir).resolve()
-    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in path.name)[:64] or "root"
-    workspace = f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
-    return [{"Key": "bincli:workspace", "Value": workspace}, {"Key": "bincli:step", "Value": step}]
+    return f"{_tag_name(workdir)}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+
+
+def _tag_name(workdir: str | Path) -> str:
+    # Within SageMaker's tag-value alphabet.
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in Path(workdir).resolve().name)[:64] or "root"
 
 
 def read_job_record(job_file: Path) -> dict[str, Any]:

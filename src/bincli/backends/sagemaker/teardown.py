@@ -4,20 +4,34 @@ workspace's tag.
 Order: autoscaling policy and scalable target (DeleteEndpoint leaves them behind), endpoint,
 endpoint configs, models. A name that is already gone is not an error, so a second teardown
 finds nothing to remove. The record's region is used, whatever the config or environment says now.
+
+Deleting what bills comes first: autoscaling that cannot be removed (no Application Auto Scaling
+rights) is left with a warning and the endpoint is still deleted; a resource whose tags cannot be
+read is skipped and reported. A SageMaker resource that cannot be deleted fails the command, after
+everything else was tried, and the record stays so that teardown can be run again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bincli.backends.records import nothing_to_remove, recorded_endpoint
 from bincli.backends.sagemaker import scaling
-from bincli.backends.sagemaker.endpoint import clients
-from bincli.backends.sagemaker.session import aws_error, is_not_found, resource_tags
+from bincli.backends.sagemaker.endpoint import clients, tagging_client
+from bincli.backends.sagemaker.session import (
+    WORKSPACE_TAG,
+    aws_error,
+    is_not_found,
+    legacy_workspace_tag,
+    workspace_tag,
+)
 from bincli.config import Config
+from bincli.console import err
+from bincli.errors import BincliError
 from bincli.state import State
 
-WORKSPACE_TAG = "bincli:workspace"
+log = logging.getLogger("bincli.teardown")
 
 
 def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
@@ -27,16 +41,16 @@ def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
     if record is None:
         return nothing_to_remove(cfg.workdir, name)
     sm, aas = clients(cfg, record.get("region"))
-    removed = []
+    removed: list[str] = []
+    left: list[str] = []
     plan = record.get("autoscaling")
     if plan:  # registered or not: a deploy killed mid-way may have registered it without saying so
-        removed += _guarded(lambda: scaling.deregister(aas, plan["resource_id"], [plan["policy"]]),
-                            f"autoscaling of {plan['resource_id']}")
+        removed += _deregister(aas, plan["resource_id"], [plan["policy"]], left)
     removed += _delete_all(sm, [record["endpoint"]] if record.get("endpoint") else [],
                            record.get("endpoint_configs", []), record.get("models", []))
     state.forget("deploy")
     removed.append("state record 'deploy'")
-    return {"name": record["name"], "removed": removed, "message": f"removed endpoint '{record['name']}'"}
+    return _result(record["name"], removed, left, f"removed endpoint '{record['name']}'")
 
 
 def teardown_tagged(cfg: Config) -> dict[str, Any]:
@@ -44,64 +58,135 @@ def teardown_tagged(cfg: Config) -> dict[str, Any]:
     workspace (leftovers of deploys whose record was lost), each endpoint's autoscaling first."""
     state = State(cfg.workdir)
     record = recorded_endpoint(state, backend="sagemaker")
-    first = teardown_sagemaker(cfg) if record is not None else {"removed": []}
-    sm, aas = clients(cfg, record.get("region") if record else None)
-    workspace = dict((t["Key"], t["Value"]) for t in resource_tags(cfg.workdir, "deploy"))[WORKSPACE_TAG]
+    first = teardown_sagemaker(cfg) if record is not None else {"removed": [], "left": []}
+    region = record.get("region") if record else None
+    sm, aas = clients(cfg, region)
+    values = _workspace_values(cfg, record)
     done = {*(record or {}).get("models", []), *(record or {}).get("endpoint_configs", []),
             (record or {}).get("endpoint")}  # deleted just now (an endpoint is listed while Deleting)
-    found = {kind: [n for n in _tagged(sm, kind, workspace) if n not in done] for kind in _LISTS}
+    left = list(first["left"])
+    found, how = find_tagged(sm, tagging_client(cfg, region), values, left)
+    found = {kind: [n for n in names if n not in done] for kind, names in found.items()}
     removed = list(first["removed"])
     for endpoint in found["endpoint"]:
-        rid = scaling.resource_id(endpoint)
-        removed += _guarded(lambda r=rid: scaling.deregister(aas, r), f"autoscaling of {rid}")
+        removed += _deregister(aas, scaling.resource_id(endpoint), None, left)
     removed += _delete_all(sm, found["endpoint"], found["endpoint config"], found["model"])
     region = sm.meta.region_name
     what = f"{len(removed)} resource(s)" if removed else "nothing"
-    return {"name": record["name"] if record else None, "removed": removed, "region": region, "workspace": workspace,
-            "message": f"removed {what} tagged {WORKSPACE_TAG}={workspace} in {region}"}
+    tags = " or ".join(f"{WORKSPACE_TAG}={v}" for v in values)
+    result = _result(record["name"] if record else None, removed, left, f"removed {what} tagged {tags} in {region}")
+    return {**result, "region": region, "workspace": values[0], "found_by": how}
 
 
-# kind -> (list call, list key, name key, ARN key)
+def _workspace_values(cfg: Config, record: dict[str, Any] | None) -> list[str]:
+    """This workspace's tag value, and the one its deploy record's resources carry when that differs
+    (a record made before workspace ids carries none: its resources have the path-based value)."""
+    values = [workspace_tag(cfg.workdir)]
+    if record is not None:
+        old = record.get("workspace") or legacy_workspace_tag(cfg.workdir)
+        values += [old] if old not in values else []
+    return values
+
+
+# kind -> (list call, list key, name key, ARN key, Resource Groups Tagging API resource type)
 _LISTS = {
-    "endpoint": ("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
-    "endpoint config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", "EndpointConfigArn"),
-    "model": ("list_models", "Models", "ModelName", "ModelArn"),
+    "endpoint": ("list_endpoints", "Endpoints", "EndpointName", "EndpointArn", "sagemaker:endpoint"),
+    "endpoint config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", "EndpointConfigArn",
+                        "sagemaker:endpoint-config"),
+    "model": ("list_models", "Models", "ModelName", "ModelArn", "sagemaker:model"),
 }
 
 
-def _tagged(sm: Any, kind: str, workspace: str) -> list[str]:
-    """Names of the `kind` resources whose bincli:workspace tag is `workspace` (ListTags on each:
-    moto has no Resource Groups Tagging API for SageMaker, and this works the same on AWS)."""
-    call, key, name_key, arn_key = _LISTS[kind]
-    names = []
+def find_tagged(sm: Any, tagging: Any, values: list[str], left: list[str]) -> tuple[dict[str, list[str]], str]:
+    """Names of the endpoints, endpoint configs and models whose bincli:workspace tag is one of
+    `values`, and how they were found. The Resource Groups Tagging API matches the tag server-side;
+    where it does not answer (no rights, no such endpoint), ListTags is asked per resource. The list
+    calls give the exact names (an ARN has the name in lower case). What cannot be listed or read is
+    added to `left` and skipped."""
+    arns = _tagged_arns(tagging, values)
+    found: dict[str, list[str]] = {}
+    for kind, (call, key, name_key, arn_key, _) in _LISTS.items():
+        found[kind] = []
+        try:
+            items = [item for page in sm.get_paginator(call).paginate() for item in page[key]]
+        except Exception as exc:
+            left.append(_warn(f"every {kind} (not checked)", exc, f"SageMaker {call}"))
+            continue
+        for item in items:
+            if arns is not None:
+                ours = item[arn_key].lower() in arns
+            else:
+                ours = _carries(sm, item[arn_key], values, left, f"{kind} {item[name_key]}")
+            if ours:
+                found[kind].append(item[name_key])
+    return found, "ListTags" if arns is None else "Resource Groups Tagging API"
+
+
+def _tagged_arns(tagging: Any, values: list[str]) -> set[str] | None:
+    """Lower-cased ARNs the Tagging API finds with the tag, or None when it does not answer."""
     try:
-        for page in sm.get_paginator(call).paginate():
-            for item in page[key]:
-                tags = sm.list_tags(ResourceArn=item[arn_key]).get("Tags", [])
-                if any(t["Key"] == WORKSPACE_TAG and t["Value"] == workspace for t in tags):
-                    names.append(item[name_key])
+        pages = tagging.get_paginator("get_resources").paginate(
+            TagFilters=[{"Key": WORKSPACE_TAG, "Values": values}],
+            ResourceTypeFilters=[spec[4] for spec in _LISTS.values()])
+        return {m["ResourceARN"].lower() for page in pages for m in page.get("ResourceTagMappingList", [])}
     except Exception as exc:
-        raise aws_error(exc, f"listing {kind}s") from None
-    return names
+        log.debug("Resource Groups Tagging API unavailable (%s); asking ListTags per resource", exc)
+        return None
+
+
+def _carries(sm: Any, arn: str, values: list[str], left: list[str], what: str) -> bool:
+    try:
+        tags = sm.list_tags(ResourceArn=arn).get("Tags", [])
+    except Exception as exc:
+        if not is_not_found(exc):  # deleted since it was listed: not ours to report
+            left.append(_warn(f"{what} (tags not readable, not checked)", exc, "SageMaker ListTags"))
+        return False
+    return any(t["Key"] == WORKSPACE_TAG and t["Value"] in values for t in tags)
 
 
 def _delete_all(sm: Any, endpoints: list[str], configs: list[str], models: list[str]) -> list[str]:
+    """Delete each (endpoints first: they bill); go on past a failure, then raise one error naming
+    what is left."""
     steps = [("endpoint", sm.delete_endpoint, "EndpointName", n) for n in endpoints]
     steps += [("endpoint config", sm.delete_endpoint_config, "EndpointConfigName", n) for n in configs]
     steps += [("model", sm.delete_model, "ModelName", n) for n in models]
-    removed = []
+    removed, failed = [], []
     for kind, delete, key, n in steps:
         try:
             delete(**{key: n})
             removed.append(f"{kind} {n}")
         except Exception as exc:
             if not is_not_found(exc):
-                raise aws_error(exc, f"deleting {kind} {n}") from None
+                failed.append(aws_error(exc, f"deleting {kind} {n}").message)
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        done = f"; removed {', '.join(removed)}" if removed else ""
+        raise BincliError(f"{failed[0]}{more}{done}",
+                          hint="fix the cause, then run 'bincli teardown' again: it removes only what is left")
     return removed
 
 
-def _guarded(call: Any, what: str) -> list[str]:
+def _deregister(aas: Any, rid: str, policies: list[str] | None, left: list[str]) -> list[str]:
+    """scaling.deregister, or a warning in `left` when Application Auto Scaling refuses: autoscaling
+    of a deleted endpoint bills nothing, the endpoint does, so its deletion goes on."""
     try:
-        return call()
+        return scaling.deregister(aas, rid, policies)
     except Exception as exc:
-        raise aws_error(exc, f"removing {what}") from None
+        left.append(_warn(f"autoscaling of {rid}", exc, "Application Auto Scaling",
+                          hint=f"aws application-autoscaling deregister-scalable-target --service-namespace "
+                               f"{scaling.NAMESPACE} --resource-id {rid} --scalable-dimension {scaling.DIMENSION}"))
+        return []
+
+
+def _warn(what: str, exc: BaseException, service: str, hint: str | None = None) -> str:
+    """One warning line on stderr; returns the 'left' entry: what, and why."""
+    entry = f"{what}, because {aws_error(exc, service).message}"
+    err.print(f"warning: left {entry}" + (f" (remove it with: {hint})" if hint else ""), markup=False,
+              soft_wrap=True)
+    return entry
+
+
+def _result(name: str | None, removed: list[str], left: list[str], message: str) -> dict[str, Any]:
+    if left:
+        message += f"; left {len(left)}: " + "; ".join(left)
+    return {"name": name, "removed": removed, "left": left, "message": message}
