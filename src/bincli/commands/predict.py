@@ -13,7 +13,8 @@ from bincli.errors import UsageError
 
 
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Images (.jpg, .jpeg, .png) and/or folders of them.",
+    images: Annotated[list[Path], typer.Argument(help="Images (.jpg, .jpeg, .png), folders of them, and/or "
+                                                 "list files (.txt: one path a line).",
                                                  show_default=False, metavar="IMAGE")],
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
@@ -34,13 +35,17 @@ def predict(
         "--concurrency", help="Requests in flight (default 8).", show_default=False)] = None,
     timeout: Annotated[float | None, typer.Option(
         "--timeout", help="Seconds per request (default 30).", show_default=False)] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write one JSON line per photo to this file as answers come (for many photos); "
+        "a rerun skips the photos it already answers. stdout gets the summary.", show_default=False)] = None,
 ) -> None:
     """Count the items in bin photos through the deployed endpoint (or --model, in-process).
 
     Exits 1 if an image fails or, with --expected N, if the model is sure a bin does not hold N
     (verdict mismatch); an unsure one (review) exits --review-exit-code.
 
-    Example: bincli predict bin.jpg more/ --json;  bincli predict bin.jpg --expected 3
+    Example: bincli predict bin.jpg more/ --json;  bincli predict bin.jpg --expected 3;
+    bincli predict night/ --out counts.jsonl
     """
     if expected is not None and expected < 0:  # a count is never negative: such a gate could never pass
         raise UsageError(f"--expected: must be a count of 0 or more, got {expected}")
@@ -51,6 +56,19 @@ def predict(
     }).config
     from bincli.steps.predict import outcome_error, run_predict
 
+    if out_file is not None:
+        from bincli.steps.batch_predict import run_batch_predict
+
+        summary = run_batch_predict(cfg, images, out_file, endpoint=endpoint, endpoint_url=endpoint_url,
+                                    model=model, expected=expected)
+        if wants_json(json_out):
+            emit_json(summary)
+        else:
+            _render_summary(summary)
+        problem = outcome_error(summary, cfg.predict.review_exit_code)
+        if problem is not None:
+            raise problem
+        return
     result = run_predict(cfg, images, endpoint=endpoint, endpoint_url=endpoint_url, model=model, expected=expected)
     if wants_json(json_out):
         for row in result["results"]:
@@ -96,6 +114,14 @@ def _render(result: dict[str, Any]) -> None:
     out.print(table)
     tail = f"; {result['mismatched']} mismatch, {result.get('review', 0)} review" if check else ""
     out.print(f"{result['n']} image(s), {result['failed']} failed{tail}", markup=False, soft_wrap=True)
+
+
+def _render_summary(s: dict[str, Any]) -> None:
+    rate = f" at {s['photos_per_s']} photos/s" if s["photos_per_s"] else ""
+    earlier = f"; {s['earlier']} answered before" if s["earlier"] else ""
+    tail = f"; {s['mismatched']} mismatch, {s['review']} review" if s["expected"] is not None else ""
+    out.print(f"{s['out']}: {s['answered']} photo(s) answered now{rate}, {s['failed']} failed{earlier} "
+              f"({s['n']} given){tail}", markup=False, soft_wrap=True)
 
 
 def _num(value: float | None) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,8 @@ from bincli.errors import DataError, UsageError
 from bincli.layout import EVALUATE_PREFIX, MODEL_TAR, REPORT_DIR, under
 from bincli.state import State
 from bincli.steps import runs
-from bincli.steps.predict import map_concurrently
 
 PREDICTIONS_FILE = "predictions.csv"
-BATCH_SIZE = 16  # in-process: images per forward pass
 
 
 def _samples(split: dict[str, Any], name: str, spec):
@@ -51,47 +48,6 @@ def _samples(split: dict[str, Any], name: str, spec):
         raise DataError(f"{manifests[name]}: the {name} split is empty",
                         hint="split again with a larger share for it, e.g. --ratios 0.8 0.1 0.1")
     return samples
-
-
-def _answer_all_remote(predictor, samples, concurrency: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
-    from bincli.backends.runtime import PredictError
-    from bincli.steps.predict import content_type_for
-
-    def one(sample) -> dict[str, Any]:
-        try:
-            return predictor.invoke(sample.path.read_bytes(), content_type_for(sample.path))
-        except PredictError as exc:
-            return {"error": exc.message, "status": exc.status}
-        except OSError as exc:
-            return {"error": f"cannot read: {exc.strerror}", "status": None}
-        finally:
-            tick()
-
-    return map_concurrently(one, samples, concurrency)
-
-
-def _answer_all_in_process(predictor, samples, tick: Callable[[], None]) -> list[dict[str, Any]]:
-    """The handler's input_fn per image, predict_fn per batch: what the endpoint runs, batched."""
-    from bincli.core import inference
-    from bincli.steps.predict import content_type_for
-
-    answers: list[dict[str, Any] | None] = [None] * len(samples)
-    for start in range(0, len(samples), BATCH_SIZE):
-        images, slots = [], []
-        for i in range(start, min(start + BATCH_SIZE, len(samples))):
-            try:
-                images.append(inference.input_fn(samples[i].path.read_bytes(), content_type_for(samples[i].path)))
-                slots.append(i)
-            except inference.InferenceError as exc:
-                answers[i] = {"error": exc.message, "status": exc.status_code}
-            except OSError as exc:
-                answers[i] = {"error": f"cannot read: {exc.strerror}", "status": None}
-        if images:
-            for i, answer in zip(slots, inference.predict_fn(images, predictor.model), strict=True):
-                answers[i] = answer
-        for _ in range(min(BATCH_SIZE, len(samples) - start)):
-            tick()
-    return answers  # type: ignore[return-value]
 
 
 def _check_model_did_not_see(state: State, split: dict[str, Any], split_name: str, samples, model: Path | None,
@@ -182,25 +138,22 @@ def run_evaluate(cfg: Config, split_name: str = "test", endpoint: str | None = N
 def _answer_all(cfg: Config, samples, spec, endpoint: str | None, endpoint_url: str | None, model: Path | None,
                 progress: Callable[[int, int], None] | None) -> tuple[str, list[dict[str, Any]]]:
     """(where the answers came from, one answer per sample): the endpoint, or the model in-process."""
-    from bincli.steps.predict import InProcessPredictor, open_predictor
-
-    done, lock = [0], threading.Lock()
-
-    def tick() -> None:  # called from the request threads
-        with lock:
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], len(samples))
+    from bincli.steps.answering import answers
+    from bincli.steps.predict import open_predictor
 
     predictor = open_predictor(cfg, endpoint, endpoint_url, model)
     try:
-        if isinstance(predictor, InProcessPredictor):
-            model_classes = str(predictor.model.classes)
-            if model_classes != str(spec):
-                raise DataError(f"model {model} predicts classes {model_classes}, the split has {spec}",
-                                hint="evaluate with the model trained on this split")
-            return predictor.where, _answer_all_in_process(predictor, samples, tick)
-        return predictor.where, _answer_all_remote(predictor, samples, cfg.predict.concurrency, tick)
+        in_process_classes = str(predictor.model.classes) if getattr(predictor, "in_process", False) else None
+        if in_process_classes not in (None, str(spec)):
+            raise DataError(f"model {model} predicts classes {in_process_classes}, the split has {spec}",
+                            hint="evaluate with the model trained on this split")
+        found: list[dict[str, Any]] = [{}] * len(samples)
+        paths = [s.path for s in samples]
+        for done, (i, answer) in enumerate(answers(predictor, paths, cfg.predict.concurrency), start=1):
+            found[i] = answer
+            if progress is not None:
+                progress(done, len(samples))
+        return predictor.where, found
     finally:
         predictor.close()
 

@@ -160,7 +160,7 @@ def run_step(predictor, bodies: Sequence[tuple[bytes, str]], clients: int, durat
 
 def load_photos(paths: Sequence[Path], limit: int = MAX_PHOTOS) -> list[tuple[bytes, str]]:
     """(bytes, content type) of up to `limit` photos, read once."""
-    from bincli.steps.predict import content_type_for
+    from bincli.steps.answering import content_type_for
 
     out = []
     for path in paths[:limit]:

@@ -18,30 +18,20 @@ answers them too.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bincli.backends.runtime import PredictError
 from bincli.config import Config
 from bincli.core.contract import JSON_CONTENT_TYPE
 from bincli.errors import BincliError, UsageError
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
-DEFAULT_CONTENT_TYPE = "application/x-image"
-
-
-def content_type_for(path: Path) -> str:
-    return CONTENT_TYPES.get(path.suffix.lower(), DEFAULT_CONTENT_TYPE)
+from bincli.steps.answering import CONTENT_TYPES, answers
 
 
 def collect_images(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expand to their *.jpg/*.jpeg/*.png files (sorted, not recursive)."""
+    """Files as given; folders expand to their *.jpg/*.jpeg/*.png files (sorted, not recursive); a
+    list file (*.txt, *.lst) to the photos it names, one path a line (relative to the current folder)."""
     out: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -50,18 +40,36 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
             if not found:
                 raise UsageError(f"{p}: no .jpg, .jpeg or .png files in this folder")
             out.extend(found)
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            out.extend(_listed(p))
         elif p.is_file():
             out.append(p)
         else:
             raise UsageError(f"{p}: no such file or folder")
     if not out:
-        raise UsageError("no images given", hint="bincli predict bin.jpg [more.jpg | a folder ...]")
+        raise UsageError("no images given", hint="bincli predict bin.jpg [more.jpg | a folder | a list.txt ...]")
     return out
+
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def _listed(list_file: Path) -> list[Path]:
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{list_file}: cannot read this list of photos ({exc})") from None
+    named = [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not named:
+        raise UsageError(f"{list_file}: the list names no photos (one path a line)")
+    return named
 
 
 # ---------------------------------------------------------------- predictors
 class InProcessPredictor:
     """The model loaded in this process (imports torch), answering through the same handler."""
+
+    in_process = True  # answering.answers batches its forward passes instead of one request each
 
     def __init__(self, model_tar: Path, workdir: Path | None = None):
         from bincli.artifacts.loader import load_model, warm_up
@@ -105,34 +113,11 @@ def open_predictor(cfg: Config, endpoint: str | None = None, endpoint_url: str |
 
 # ---------------------------------------------------------------- the step
 def predict_files(predictor, images: Sequence[Path], concurrency: int = 8) -> list[dict[str, Any]]:
-    """One answer dict per image, in the order given (requests run `concurrency` at a time)."""
-
-    def one(path: Path) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        try:
-            body = path.read_bytes()
-        except OSError as exc:
-            return {"image": str(path), "error": f"cannot read: {exc.strerror}", "status": None}
-        try:
-            answer = predictor.invoke(body, content_type_for(path))
-        except PredictError as exc:
-            return {"image": str(path), "error": exc.message, "status": exc.status}
-        return {"image": str(path), **answer, "ms": round((time.perf_counter() - t0) * 1000, 1)}
-
-    if concurrency <= 1 or len(images) == 1:
-        return [one(p) for p in images]
-    return map_concurrently(one, images, concurrency)
-
-
-def map_concurrently(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """[fn(x) for x in items] on a thread pool, in order; Ctrl-C or an error cancels what has not started."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    """One answer dict per image ({"image", ...}), in the order given (answering.answers)."""
+    results: list[dict[str, Any]] = [{}] * len(images)
+    for i, answer in answers(predictor, images, concurrency):
+        results[i] = {"image": str(images[i]), **answer}
+    return results
 
 
 def run_predict(cfg: Config, images: Sequence[Path], endpoint: str | None = None, endpoint_url: str | None = None,
@@ -141,8 +126,7 @@ def run_predict(cfg: Config, images: Sequence[Path], endpoint: str | None = None
     files = collect_images(images)
     predictor = open_predictor(cfg, endpoint, endpoint_url, model)
     try:
-        concurrency = 1 if isinstance(predictor, InProcessPredictor) else cfg.predict.concurrency
-        results = predict_files(predictor, files, concurrency)
+        results = predict_files(predictor, files, cfg.predict.concurrency)
     finally:
         predictor.close()
     for r in results:
