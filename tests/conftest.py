@@ -102,7 +102,10 @@ def sagemaker_env(aws_env, monkeypatch, tmp_path):
     bucket = f"bincli-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
     role_name = f"bincli-{uuid.uuid4().hex[:8]}"
-    role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    # A role SageMaker may assume, as a real execution role must be (the preflight checks its trust).
+    trust = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", '
+             '"Principal": {"Service": "sagemaker.amazonaws.com"}}]}')
+    role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
     return s3, sm, bucket, role
 
 

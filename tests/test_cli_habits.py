@@ -57,6 +57,9 @@ class FakeBackend:
         self.calls.append((self.cfg, "teardown", name))
         return self.result
 
+    def preflight(self, steps: list[str]) -> list:
+        return []  # nothing to check or to bill
+
 
 @pytest.fixture
 def backend(monkeypatch) -> FakeBackend:

@@ -72,6 +72,9 @@ class FakeBackend:
         self.calls.append(("teardown", {"name": name}))
         return self.result
 
+    def preflight(self, steps: list[str]) -> list:
+        return []  # nothing to check or to bill
+
     def pop(self) -> tuple[Config, str, dict]:
         assert len(self.cfgs) == 1 and len(self.calls) == 1, (self.cfgs, self.calls)
         return self.cfgs.pop(), *self.calls.pop()

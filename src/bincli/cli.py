@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from bincli import __version__, lock
 from bincli.commands import common, deploy, download, evaluate, predict, split, status, teardown, train, tune, upload
 from bincli.commands import config as config_cmd
+from bincli.commands import doctor as doctor_cmd
 from bincli.commands import inspect as inspect_cmd
 from bincli.commands import loadtest as loadtest_cmd
 from bincli.commands import pipeline as pipeline_cmd
@@ -119,6 +120,7 @@ _command("teardown", teardown.teardown)
 _command("pipeline", pipeline_cmd.pipeline)
 # Workspace and config.
 _command("status", status.status)
+_command("doctor", doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -325,6 +325,8 @@ class SageMakerConfig(Section):
     deploy_timeout_minutes: int = Field(30, ge=1, le=24 * 60)
     # USD per instance-hour by instance type, replacing backends/sagemaker/pricing.py's dated table.
     prices: dict[InstanceType, Annotated[float, Field(ge=0)]] | None = None
+    # train, tune, deploy and pipeline check credentials, role, rights, quotas and images first (bincli doctor).
+    preflight: bool = True
 
     @model_validator(mode="after")
     def _spot_wait_covers_run(self) -> SageMakerConfig:

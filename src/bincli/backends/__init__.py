@@ -11,6 +11,7 @@ answers every backend the same way: `--update: not available on backend sagemake
     backends/sagemaker/  boto3/SDK session, training jobs, endpoints, CloudWatch logs
     backends/runtime.py  the invoke_endpoint client both backends answer predict with
     backends/records.py  the deploy record in state, read the same way by both teardowns
+    backends/checks.py   one row of `bincli doctor` and of the preflight before a billed step
 
 May import: core, artifacts, data, config, state, errors, console, progress, layout,
 hyperparameters. Never commands or steps; backends/sagemaker never imports backends/local.
@@ -18,7 +19,7 @@ hyperparameters. Never commands or steps; backends/sagemaker never imports backe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bincli.errors import UsageError
 
 if TYPE_CHECKING:
+    from bincli.backends.checks import Check
     from bincli.backends.runtime import RuntimeClient
     from bincli.config import Config
 
@@ -39,6 +41,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "deploy.serverless": ("sagemaker",),  # a SageMaker serverless endpoint config
     "deploy.autoscaling": ("sagemaker",),  # Application Auto Scaling of the endpoint's variant
     "teardown --all": ("sagemaker",),    # resources found by tag; a local endpoint is only its record
+    "--write-policies": ("sagemaker",),  # IAM policies for the caller and the execution role
 }
 
 
@@ -90,6 +93,16 @@ class Backend(Protocol):
 
     def upload(self) -> dict[str, Any]: ...
 
+    def preflight(self, steps: Sequence[str]) -> list[Check]:
+        """Rows to show before the billed `steps` (tune, train, deploy) create anything: checks (a
+        failed one stops the step) and cost lines. [] where nothing bills."""
+
+    def doctor(self) -> list[Check]:
+        """Every check of this backend, one row each (backends/checks.py)."""
+
+    def write_policies(self, folder: Path) -> list[Path]:
+        """The IAM policy files this config needs, written into `folder` (--write-policies)."""
+
 
 class BaseBackend:
     """Shared by both backends: the config and the capability check."""
@@ -111,6 +124,13 @@ class BaseBackend:
     def teardown_all(self) -> dict[str, Any]:
         self.require("teardown --all")
         raise AssertionError("unreachable: a backend offering teardown --all implements it")
+
+    def preflight(self, steps: Sequence[str]) -> list[Check]:
+        return []  # nothing bills
+
+    def write_policies(self, folder: Path) -> list[Path]:
+        self.require("--write-policies")
+        raise AssertionError("unreachable: a backend offering --write-policies implements it")
 
 
 def get_backend(cfg: Config) -> Backend:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, ModelOpt, SetOpt, WorkdirOpt, finish, load, renamed
+from bincli.commands.preflight_options import SkipPreflightOpt, YesOpt, preflight_flags
 from bincli.console import err, out
 
 
@@ -33,6 +34,8 @@ def deploy(
     target_from_loadtest: Annotated[bool, typer.Option(
         "--autoscaling-target-from-loadtest",
         help="Set deploy.autoscaling's target to what 'bincli loadtest' measured for this endpoint.")] = False,
+    skip_preflight: SkipPreflightOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Start the local endpoint with the trained model; wait until it answers /ping.
 
@@ -46,13 +49,16 @@ def deploy(
     cfg = load(config, workdir, sets, {
         "deploy.model": ("--model", model), "deploy.name": ("--endpoint", endpoint), "deploy.host": ("--host", host),
         "deploy.port": ("--port", port), "deploy.threads": ("--threads", threads),
-        "deploy.instances": ("--instances", instances),
+        "deploy.instances": ("--instances", instances), **preflight_flags(skip_preflight),
     }).config
     if target_from_loadtest:
         cfg = _target_from_loadtest(cfg)
     from bincli.backends import get_backend
+    from bincli.steps.preflight import check_before
 
-    finish(get_backend(cfg).deploy(None, update=update, foreground=foreground), json_out, _render)
+    backend = get_backend(cfg)
+    check_before(cfg, ["deploy"], yes=yes, backend=backend)
+    finish(backend.deploy(None, update=update, foreground=foreground), json_out, _render)
 
 
 def _target_from_loadtest(cfg: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.preflight_options import SkipPreflightOpt, YesOpt, preflight_flags
 from bincli.console import err, out
 
 
@@ -29,6 +30,8 @@ def pipeline(
         "--dry-run", help="Say per step whether it would run and why; run nothing, write nothing.")] = False,
     teardown: Annotated[bool, typer.Option(
         "--teardown", help="After evaluate, remove the endpoint deploy made (stops what bills while idle).")] = False,
+    skip_preflight: SkipPreflightOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Run download, inspect, split, upload, tune, train, deploy and evaluate in order, skipping each
     step whose record is current (same settings, same inputs) and rerunning a changed one and every
@@ -44,8 +47,14 @@ def pipeline(
         from bincli import lock
 
         lock.begin_command("pipeline --dry-run")  # reads only, like status: no workdir lock (it would write)
-    cfg = load(config, workdir, sets).config
-    from bincli.steps.pipeline import outcome_error, run_pipeline
+    cfg = load(config, workdir, sets, preflight_flags(skip_preflight)).config
+    from bincli.steps.pipeline import outcome_error, plan, run_pipeline
+
+    if not dry_run:  # the checks of every billed step it will run, before the first step runs
+        from bincli.steps.preflight import check_before
+
+        planned = plan(cfg, start=start, stop=stop, force=force, teardown=teardown)
+        check_before(cfg, [p.step for p in planned if p.action == "run"], yes=yes)
 
     previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` stops it as Ctrl-C does: a rerun resumes
     try:

@@ -8,6 +8,7 @@ import typer
 
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.preflight_options import SkipPreflightOpt, YesOpt, preflight_flags
 from bincli.console import out
 
 
@@ -28,6 +29,8 @@ def train(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start the run over: discard its checkpoint.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Backend sagemaker: wait for the training job "
                                        "(default), or start it and return; 'bincli train' again attaches.")] = True,
+    skip_preflight: SkipPreflightOpt = False,
+    yes: YesOpt = False,
     training: dict[str, Any] | None = None,
 ) -> None:
     """Train a ResNet to count items on the split: each set of settings is one run in <workdir>/runs/.
@@ -44,8 +47,11 @@ def train(
     Example: bincli train --epochs 3 --image-size 128 --no-pretrained
     """
     flags = t.train_flags(**(training or {}))
-    loaded = load(config, workdir, sets, flags)
+    loaded = load(config, workdir, sets, {**flags, **preflight_flags(skip_preflight)})
+    from bincli.steps.preflight import check_before
     from bincli.steps.train import run_train
+
+    check_before(loaded.config, ["train"], yes=yes)
 
     finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait, run_name=run_name, resume=resume),
            json_out, _render)

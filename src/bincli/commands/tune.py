@@ -9,6 +9,7 @@ import typer
 
 from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
+from bincli.commands.preflight_options import SkipPreflightOpt, YesOpt, preflight_flags
 from bincli.console import err, out
 
 
@@ -30,6 +31,8 @@ def tune(
                                           "return at once; 'bincli tune' again attaches. Backend sagemaker.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the tuning job this workdir started; finished "
                                        "trials are kept. Backend sagemaker.")] = False,
+    skip_preflight: SkipPreflightOpt = False,
+    yes: YesOpt = False,
     training: dict[str, Any] | None = None,
 ) -> None:
     """Search learning rate, batch size and weight decay (configurable in tune.search_space).
@@ -46,12 +49,16 @@ def tune(
     flags = t.train_flags(**fixed)
     flags.update({"tune.max_jobs": ("--max-jobs", max_jobs), "tune.max_parallel": ("--max-parallel", max_parallel),
                   "tune.objective": ("--objective", objective), "tune.epochs": ("--epochs", epochs)})
-    loaded = load(config, workdir, sets, flags)
+    loaded = load(config, workdir, sets, {**flags, **preflight_flags(skip_preflight)})
     if loaded.config.tune.max_jobs == 0:  # allowed in the config: the pipeline's "no tuning"
         from bincli.errors import UsageError
 
         raise UsageError("tune.max_jobs: 0 means no tuning; give 1 or more trials, e.g. --max-jobs 8")
+    from bincli.steps.preflight import check_before
     from bincli.steps.tune import run_tune
+
+    if not stop:  # --stop creates nothing
+        check_before(loaded.config, ["tune"], yes=yes)
 
     options: dict[str, Any] = {"fixed": {key for key, value in fixed.items() if value is not None}}
     if no_wait:

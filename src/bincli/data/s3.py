@@ -12,6 +12,7 @@ boto3 is imported inside the functions so `bincli --help` stays light.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any
@@ -82,8 +83,37 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+ACCESS_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "403", "UnauthorizedOperation",
+                           "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+                           "InvalidClientTokenId", "UnrecognizedClientException"})
+THROTTLED = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "SlowDown",
+                       "RequestLimitExceeded", "ProvisionedThroughputExceededException"})
+# The services bincli calls, in the order an operation name is looked up in (boto3's names).
+SERVICES = ("s3", "sagemaker", "sagemaker-runtime", "iam", "sts", "application-autoscaling", "logs",
+            "service-quotas", "resourcegroupstaggingapi")
+
+
+def service_of(exc: BaseException) -> tuple[str | None, str]:
+    """(boto3's service name, its display name: "SageMaker", "IAM", ...) of a failed call, from the
+    ClientError's operation name; (None, "AWS") when no service bincli calls has that operation."""
+    return _service_by_operation().get(getattr(exc, "operation_name", None) or "", (None, "AWS"))
+
+
+@functools.cache  # the services' API models are read once, and only when an error is explained
+def _service_by_operation() -> dict[str, tuple[str, str]]:
+    import botocore.session
+
+    session = botocore.session.get_session()
+    found: dict[str, tuple[str, str]] = {}
+    for name in reversed(SERVICES):  # the first service listed wins an operation two of them have
+        model = session.get_service_model(name)
+        found.update(dict.fromkeys(model.operation_names, (name, model.metadata.get("serviceId", name))))
+    return found
+
+
 def explain(exc: BaseException, what: str) -> BincliError:
-    """A one-line BincliError for an AWS failure that stops a whole step (credentials, bucket)."""
+    """A one-line BincliError for an AWS failure that stops a whole step, naming the service that
+    refused (S3, SageMaker, IAM, ...) and what to do about the usual causes."""
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -98,18 +128,27 @@ def explain(exc: BaseException, what: str) -> BincliError:
     if isinstance(exc, NoRegionError):
         return BincliError(f"{what}: no AWS region set", hint="set AWS_DEFAULT_REGION or sagemaker.region")
     if isinstance(exc, EndpointConnectionError):
-        return BincliError(f"{what}: cannot connect to {exc.kwargs.get('endpoint_url', 'the S3 endpoint')}",
+        return BincliError(f"{what}: cannot connect to {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}",
                            hint="check the endpoint_url / AWS_ENDPOINT_URL and that the server is running")
     if isinstance(exc, ClientError):
-        code = error_code(exc)
-        message = exc.response.get("Error", {}).get("Message") or ""
+        code = error_code(exc) or "?"
+        message = " ".join(str(exc.response.get("Error", {}).get("Message") or "").split())
+        _, service = service_of(exc)
+        operation = getattr(exc, "operation_name", None) or "the request"
         if code == "NoSuchBucket":
             return BincliError(f"{what}: the bucket does not exist ({message or code})",
                                hint="create it first, or fix the bucket in the s3:// URI")
-        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            return BincliError(f"{what}: access denied ({code})",
-                               hint="check the AWS credentials and the bucket policy")
-        return BincliError(f"{what}: S3 error {code}: {message}".rstrip(": "))
+        if code in ACCESS_DENIED:
+            return BincliError(f"{what}: access denied by {service} to {operation} ({code})",
+                               hint="check the AWS credentials, and that your IAM policy (or the bucket's) allows it")
+        if code in THROTTLED:
+            return BincliError(f"{what}: {service} is throttling {operation} ({code})",
+                               hint="too many requests at once in this account: wait a minute and run it again")
+        if code == "ResourceLimitExceeded":
+            return BincliError(f"{what}: {service} limit reached: {message or code}",
+                               hint="an account quota is too low: 'bincli doctor' shows the quotas and how to "
+                                    "raise one (Service Quotas)")
+        return BincliError(f"{what}: {service} error {code}: {message}".rstrip(": "))
     return BincliError(f"{what}: {type(exc).__name__}: {exc}")
 
 

@@ -6,6 +6,7 @@ the endpoint is a FastAPI server in a background process.
     endpoint.py  deploy/teardown: the server process, its record in state, its lifetime
     server.py    the FastAPI app: SageMaker's container and runtime API over one loaded model
     client.py    the runtime client predict/evaluate/loadtest call it with (http.client: no boto3)
+    doctor.py    bincli doctor: disk, the deploy port, cores and GPUs, chromium
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bincli.backends import BaseBackend, TrainingRun
 
 if TYPE_CHECKING:
+    from bincli.backends.checks import Check
     from bincli.backends.local.client import LocalEndpointClient
 
 PING_TIMEOUT_S = 1.0  # `bincli status` asks a local endpoint whether it answers: it should be quick
@@ -84,3 +86,8 @@ class LocalBackend(BaseBackend):
 
         # No s3_uri: the local folders are the channels (nothing moves).
         return run_upload(self.cfg.upload, self.cfg.workdir, require_s3=False, region=self.cfg.sagemaker.region)
+
+    def doctor(self) -> list[Check]:
+        from bincli.backends.local.doctor import doctor
+
+        return doctor(self.cfg)

@@ -7,19 +7,25 @@
     endpoint.py      deploy and deploy --update: model, endpoint config, endpoint, recorded before waiting
     scaling.py       Application Auto Scaling of the endpoint's variant (target tracking)
     teardown.py      teardown: what deploy recorded, or (--all) what carries this workspace's tag
+    preflight.py     bincli doctor and the checks before a billed step (iam_checks.py, quotas.py)
+    permissions.py   every IAM action bincli and the execution role need; the policies made from it
 
 Endpoints and credentials come from boto3's standard chain (AWS_ENDPOINT_URL, AWS_PROFILE, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bincli.backends import BaseBackend, TrainingRun
 from bincli.backends.runtime import EndpointPredictor
 from bincli.core.contract import MAX_PAYLOAD_BYTES
+
+if TYPE_CHECKING:
+    from bincli.backends.checks import Check
 
 REALTIME_MAX_PAYLOAD = MAX_PAYLOAD_BYTES  # bytes per invocation, real-time endpoints (6 MB)
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # bytes per invocation, serverless endpoints
@@ -33,12 +39,14 @@ class SageMakerBackend(BaseBackend):
               console: Any, live: bool | None, run_dir: Path | None = None) -> TrainingRun:
         from bincli.backends.sagemaker.training_job import train_on_sagemaker
 
-        return train_on_sagemaker(self.cfg, hp, split, fresh=fresh, wait=wait, console=console, run_dir=run_dir)
+        with _role_refusal("creating the training job"):
+            return train_on_sagemaker(self.cfg, hp, split, fresh=fresh, wait=wait, console=console, run_dir=run_dir)
 
     def tune(self, fixed: set[str], console: Any, *, wait: bool = True, stop: bool = False) -> dict[str, Any]:
         from bincli.backends.sagemaker.tuner import tune_on_sagemaker
 
-        return tune_on_sagemaker(self.cfg, fixed, console, wait=wait, stop=stop)
+        with _role_refusal("creating the tuning job"):
+            return tune_on_sagemaker(self.cfg, fixed, console, wait=wait, stop=stop)
 
     def deploy(self, model: Path | None, update: bool, foreground: bool) -> dict[str, Any]:
         from bincli.backends.sagemaker.endpoint import deploy_sagemaker
@@ -84,3 +92,32 @@ class SageMakerBackend(BaseBackend):
         from bincli.data.upload import run_upload
 
         return run_upload(self.cfg.upload, self.cfg.workdir, require_s3=True, region=self.cfg.sagemaker.region)
+
+    def preflight(self, steps: Sequence[str]) -> list[Check]:
+        from bincli.backends.sagemaker.preflight import preflight
+
+        return preflight(self.cfg, list(steps))
+
+    def doctor(self) -> list[Check]:
+        from bincli.backends.sagemaker.preflight import doctor
+
+        return doctor(self.cfg)
+
+    def write_policies(self, folder: Path) -> list[Path]:
+        from bincli.backends.sagemaker.permissions import write_policies
+        from bincli.backends.sagemaker.preflight import scope_for
+
+        return write_policies(folder, scope_for(self.cfg))
+
+
+@contextmanager
+def _role_refusal(what: str) -> Iterator[None]:
+    """The SDK's ModelTrainer refuses a role it finds lacking (RoleValidationError, many lines): one line."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ != "RoleValidationError":
+            raise
+        from bincli.backends.sagemaker.session import aws_error
+
+        raise aws_error(exc, what) from None

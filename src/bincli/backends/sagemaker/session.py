@@ -110,14 +110,42 @@ def upload_weights(path: Path, bucket: str, prefix: str, region: str) -> str:
 
 
 def aws_error(exc: BaseException, what: str) -> BincliError:
-    """One line for an AWS API failure (credentials, validation, limits), with the service's message."""
+    """One line for an AWS API failure (credentials, validation, limits, access), naming the service
+    and, for a refusal, the IAM action that is missing."""
     from botocore.exceptions import ClientError
 
-    from bincli.data.s3 import explain
+    from bincli.data.s3 import ACCESS_DENIED, error_code, explain, service_of
 
-    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ValidationException":
+    if type(exc).__name__ == "RoleValidationError":  # the SDK's own role check (ModelTrainer)
+        return _role_refused(exc, what)
+    if not isinstance(exc, ClientError):
+        return explain(exc, what)
+    code = error_code(exc)
+    if code == "ValidationException":
         return BincliError(f"{what}: {exc.response['Error'].get('Message', 'rejected by SageMaker')}")
-    return explain(exc, what)
+    error = explain(exc, what)
+    service, _ = service_of(exc)
+    if code in ACCESS_DENIED and service and code not in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        from bincli.backends.sagemaker.permissions import iam_action
+
+        action = iam_action(service, exc.operation_name)
+        error.hint = (f"your IAM policy needs {action} (policies/caller-policy.json lists all bincli needs; "
+                      "'bincli doctor' checks them)")
+    elif code == "ResourceLimitExceeded":
+        error.hint = ("a SageMaker quota is too low (new accounts start at 0 for GPU instances): 'bincli doctor' "
+                      "shows each quota bincli needs and the command that asks for more")
+    return error
+
+
+def _role_refused(exc: BaseException, what: str) -> BincliError:
+    """The SDK's RoleValidationError (many lines) as one: the role and what it lacks."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    found = [line for line in lines if line.startswith(("Missing permissions:", "Its trust policy"))]
+    why = found[0].rstrip(".") if found else (lines[0] if lines else "refused")
+    head = lines[0].rstrip(".") if lines else "the execution role"
+    return BincliError(f"{what}: {head}: {why}",
+                       hint="'bincli doctor --write-policies DIR' writes the role's policy (DIR/execution-role-policy"
+                            ".json, with what the SDK checks); 'bincli doctor' shows what the role lacks")
 
 
 def is_not_found(exc: BaseException) -> bool:
