@@ -372,3 +372,35 @@ def test_progress_without_a_tty_logs_plain_periodic_lines(caplog):
     final = caplog.records[-1].message
     assert final.startswith("download: 10/10 images, 1 failed, 10.0 kB") and " in " in final
     assert all("\r" not in r.message and "━" not in r.message for r in caplog.records)
+
+
+# ---------------------------------------------------------------- sampling at scale (issue 27)
+def test_a_sample_keeps_the_labels_it_read_and_the_next_sample_reads_only_its_picks(mirror, tmp_path):
+    """Class 0 cannot fill 60 (59 empty bins): every metadata key is read once. A sample with
+    other classes and seed then answers from the label index: it fetches only its picks' metadata."""
+    work = tmp_path / "w"
+    first = run_download(_cfg(mirror, per_class=60, classes="0-0", seed=0), work, progress=False)
+    assert first["counts"] == {"0": 59} and first["shortfall"] == {"0": 1}
+    assert first["requests"]["metadata"] == len(mirror.labels) and first["labels_reused"] == 0
+    index = list(Path(first["data_dir"]).glob(".labels-*.tsv"))
+    assert len(index) == 1 and len(index[0].read_text().splitlines()) == len(mirror.labels)
+
+    second = run_download(_cfg(mirror, per_class=3, classes="1-2", seed=5), work, progress=False)
+    assert second["counts"] == {"1": 3, "2": 3}
+    assert second["requests"]["metadata"] == second["images"] + second["failed"]  # the picks' own files
+    assert second["labels_reused"] > 20  # (lazily: as many as it took to fill)
+
+
+def test_ids_kept_aside_while_sampling_hold_no_metadata_body():
+    """Class 1 fills at once; looking for class 2 reads 998 more class-1 ids: kept by id alone."""
+    from bincli.core.classes import ClassSpec
+    from bincli.data.download import _Picker
+
+    body = b"{}" * 500
+    stream = iter([(str(i), 1, body, None) for i in range(999)] + [("999", 2, body, None)])
+    picker = _Picker(stream, ClassSpec.parse("1-2"), per_class=1)
+    taken = list(picker.picks())
+    assert [(i, meta is not None) for i, _, meta in taken] == [("0", True), ("999", True)]  # written as taken
+    assert len(picker.overflow[1]) == 998 and all(isinstance(kept, str) for kept in picker.overflow[1])
+    picker.reopen(1)  # a pick failed: the next id of its class, its metadata fetched again
+    assert list(picker.picks()) == [("1", 1, None)]

@@ -5,7 +5,9 @@ What to fetch (one of):
   - the Udacity subset list (`file_list`), as it is;
   - a per-class sample (`per_class` + `classes`, seeded): the metadata keys are listed, shuffled
     with the seed and their metadata fetched lazily, in that order, until every class is full.
-    The real bucket has 536K keys; only about as many metadata files are read as it takes.
+    The real bucket has 536K keys; only about as many metadata files are read as it takes, each
+    label read is kept in a local index (data/label_index.py) that the next sample reuses, and
+    the body of an id not picked is dropped once its label is known (memory stays flat).
     A chosen id whose image cannot be fetched is replaced by the next one of its class.
     With `file_list` too, the sample is drawn from the list's classes (no metadata reads needed).
 
@@ -47,6 +49,7 @@ from bincli.core.fileio import atomic_write_json, atomic_write_text
 from bincli.data import abid
 from bincli.data.disk import DiskError, writing
 from bincli.data.fetcher import Fetcher, Stats
+from bincli.data.label_index import LabelIndex
 from bincli.data.local_store import FetchError, LocalStore, check_jpeg, check_metadata
 from bincli.errors import BincliError, DataError, UsageError
 from bincli.progress import Progress
@@ -139,6 +142,7 @@ class Downloader:
         self.stop = threading.Event()
         self._client_lock = threading.Lock()
         self._fetcher: Fetcher | None = None
+        self.labels: LabelIndex | None = None  # labels read from the bucket (a sample from it)
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="download")
 
     @property
@@ -158,6 +162,8 @@ class Downloader:
         if cancel:
             self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if self.labels is not None:
+            self.labels.flush()
 
     # ------------------------------------------------------------ one id
     def complete(self, id_: str, metadata: bytes | None = None) -> Outcome:
@@ -235,7 +241,8 @@ class Downloader:
                 self.progress.add_total(refill)
             if picker.stuck():
                 break
-        info = {"listed": listed, "sampling_skipped": picker.skipped, "shortfall": picker.shortfall()}
+        info = {"listed": listed, "sampling_skipped": picker.skipped, "shortfall": picker.shortfall(),
+                "labels_reused": self.labels.reused if self.labels is not None else 0}
         return outcomes, info
 
     def _candidates(self, selection: Selection) -> tuple[Iterator[Candidate], int]:
@@ -247,6 +254,8 @@ class Downloader:
             rng.shuffle(order)
             return ((i, c, None, None) for i, c in order), len(order)
         ids = self._list_bucket_ids()
+        source = f"{self.cfg.bucket} at {self.cfg.endpoint_url or 'AWS'}"
+        self.labels = LabelIndex(self.store.root, source).load()
         rng.shuffle(ids)
         return self._ordered(ids, self._label_of), len(ids)
 
@@ -278,7 +287,11 @@ class Downloader:
         return ids
 
     def _label_of(self, id_: str) -> Candidate:
-        """The count of one id: from the local metadata if it is there, else fetched (kept in memory)."""
+        """The count of one id: from the label index or the local metadata, else fetched (its body
+        is kept for the pick it may become; the label goes into the index)."""
+        label = self.labels.get(id_) if self.labels is not None else None
+        if label is not None:
+            return id_, label, None, None
         path = self.store.metadata_path(id_)
         label = self.store.label(id_) if self.store.known_good(path) else None
         if label is not None:
@@ -290,6 +303,8 @@ class Downloader:
             data, label = self.fetcher.to_memory(abid.metadata_key(id_), check_metadata, "metadata")
         except FetchError as exc:
             return id_, None, None, f"metadata: {exc.reason}"
+        if self.labels is not None:
+            self.labels.add(id_, label)
         return id_, label, data, None
 
     def _ordered(self, items: list[str], fn: Callable[[str], Any]) -> Iterator[Any]:
@@ -311,13 +326,14 @@ class Downloader:
 
 class _Picker:
     """Who to fetch for a per-class sample: candidates in the seeded order, each taken while its
-    class needs one and kept aside once the class is full (in case a taken one fails)."""
+    class needs one and kept aside once the class is full (in case a taken one fails): by id only,
+    so a sample over the whole bucket never holds the bodies of the ids it did not take."""
 
     def __init__(self, stream: Iterator[Candidate], spec: ClassSpec, per_class: int):
         self.stream = stream
         self.spec = spec
         self.need = {c: per_class for c in spec.counts}
-        self.overflow: dict[int, deque[tuple[str, bytes | None]]] = {c: deque() for c in self.need}
+        self.overflow: dict[int, deque[str]] = {c: deque() for c in self.need}
         self.skipped: list[dict[str, str]] = []
         self.exhausted = False
 
@@ -329,7 +345,7 @@ class _Picker:
         then from the stream until every class is full or it runs out."""
         for cls, kept in self.overflow.items():
             while self.need[cls] and kept:
-                yield self._take(cls, *kept.popleft())
+                yield self._take(cls, kept.popleft(), None)  # its metadata is fetched again
         while self.missing() and not self.exhausted:
             try:
                 id_, count, meta, problem = next(self.stream)
@@ -343,7 +359,7 @@ class _Picker:
                 if self.need[cls]:
                     yield self._take(cls, id_, meta)
                 else:
-                    self.overflow[cls].append((id_, meta))
+                    self.overflow[cls].append(id_)
 
     def _take(self, cls: int, id_: str, meta: bytes | None) -> tuple[str, int, bytes | None]:
         self.need[cls] -= 1
@@ -455,6 +471,7 @@ def _report(cfg: DownloadConfig, selection: Selection, data_dir: Path, outcomes:
         "seconds": round(seconds, 3),
         "counts": {str(k): counts[k] for k in sorted(counts)},
         "shortfall": info.get("shortfall", {}),
+        "labels_reused": info.get("labels_reused", 0),
         "failures": failures,
     }
     with writing(report_path, exact=True):
