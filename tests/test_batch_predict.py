@@ -183,3 +183,12 @@ def test_ctrl_c_keeps_what_was_answered_and_the_same_command_resumes(tar, photos
     assert summary["earlier"] == answered and summary["answered"] == 400 - answered
     assert sorted(row["image"] for row in lines(out)) == sorted(str(p) for p in many.iterdir())
     shutil.rmtree(many)
+
+
+def test_an_s3_prefix_is_a_batch_job_of_backend_sagemaker_and_needs_out(in_tmp):
+    r = predict("s3://bucket/night/", "--out", in_tmp / "o.jsonl")
+    assert r.exit_code == 2 and "predict s3://: not available on backend local (available on: sagemaker)" in r.stderr
+    r = predict("s3://bucket/night/")
+    assert r.exit_code == 2 and "goes with --out results.jsonl" in r.stderr
+    r = predict("s3://bucket/night/", in_tmp, "--out", in_tmp / "o.jsonl")
+    assert r.exit_code == 2 and "give it alone" in r.stderr

@@ -41,6 +41,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "deploy.serverless": ("sagemaker",),  # a SageMaker serverless endpoint config
     "deploy.autoscaling": ("sagemaker",),  # Application Auto Scaling of the endpoint's variant
     "teardown --all": ("sagemaker",),    # resources found by tag; a local endpoint is only its record
+    "predict s3://": ("sagemaker",),     # a batch job (SageMaker Batch Transform) over an S3 prefix
     "--write-policies": ("sagemaker",),  # IAM policies for the caller and the execution role
 }
 
@@ -93,6 +94,10 @@ class Backend(Protocol):
 
     def upload(self) -> dict[str, Any]: ...
 
+    def batch_predict(self, uri: str, model: Path | None, answered: set[str], wait: bool) -> dict[str, Any]:
+        """A batch job over the photos under the S3 prefix `uri` that are not in `answered`, or the one
+        recorded for it: {"job", "status", "photos", "answers": (photo URI, answer) pairs once it is over}."""
+
     def preflight(self, steps: Sequence[str]) -> list[Check]:
         """Rows to show before the billed `steps` (tune, train, deploy) create anything: checks (a
         failed one stops the step) and cost lines. [] where nothing bills."""
@@ -124,6 +129,10 @@ class BaseBackend:
     def teardown_all(self) -> dict[str, Any]:
         self.require("teardown --all")
         raise AssertionError("unreachable: a backend offering teardown --all implements it")
+
+    def batch_predict(self, uri: str, model: Path | None, answered: set[str], wait: bool) -> dict[str, Any]:
+        self.require("predict s3://")
+        raise AssertionError("unreachable: a backend offering predict s3:// implements it")
 
     def preflight(self, steps: Sequence[str]) -> list[Check]:
         return []  # nothing bills

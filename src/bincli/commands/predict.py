@@ -13,8 +13,9 @@ from bincli.errors import UsageError
 
 
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Images (.jpg, .jpeg, .png), folders of them, and/or "
-                                                 "list files (.txt: one path a line).",
+    images: Annotated[list[str], typer.Argument(help="Images (.jpg, .jpeg, .png), folders of them, and/or "
+                                                "list files (.txt: one path a line); or, with --out on backend "
+                                                "sagemaker, one S3 prefix (a Batch Transform job).",
                                                  show_default=False, metavar="IMAGE")],
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
@@ -38,6 +39,9 @@ def predict(
     out_file: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Write one JSON line per photo to this file as answers come (for many photos); "
         "a rerun skips the photos it already answers. stdout gets the summary.", show_default=False)] = None,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="With an S3 prefix: start the batch job (or look at it) and return; the same "
+        "command again collects its answers.")] = False,
 ) -> None:
     """Count the items in bin photos through the deployed endpoint (or --model, in-process).
 
@@ -60,7 +64,7 @@ def predict(
         from bincli.steps.batch_predict import run_batch_predict
 
         summary = run_batch_predict(cfg, images, out_file, endpoint=endpoint, endpoint_url=endpoint_url,
-                                    model=model, expected=expected)
+                                    model=model, expected=expected, wait=not no_wait)
         if wants_json(json_out):
             emit_json(summary)
         else:
@@ -69,7 +73,11 @@ def predict(
         if problem is not None:
             raise problem
         return
-    result = run_predict(cfg, images, endpoint=endpoint, endpoint_url=endpoint_url, model=model, expected=expected)
+    if no_wait or any(i.startswith("s3://") for i in images):
+        raise UsageError("an S3 prefix of photos (and --no-wait) goes with --out results.jsonl: a batch job's answers "
+                         "are written to a file")
+    result = run_predict(cfg, [Path(i) for i in images], endpoint=endpoint, endpoint_url=endpoint_url, model=model,
+                         expected=expected)
     if wants_json(json_out):
         for row in result["results"]:
             emit_json(row)
@@ -117,6 +125,11 @@ def _render(result: dict[str, Any]) -> None:
 
 
 def _render_summary(s: dict[str, Any]) -> None:
+    job = s.get("job") or {}
+    if job.get("job") and job["status"] not in ("Completed", "Failed", "Stopped"):
+        out.print(f"transform job {job['job']}: {job['status']} ({job['photos']} photo(s)); the same command "
+                  f"again collects its answers into {s['out']}", markup=False, soft_wrap=True)
+        return
     rate = f" at {s['photos_per_s']} photos/s" if s["photos_per_s"] else ""
     earlier = f"; {s['earlier']} answered before" if s["earlier"] else ""
     tail = f"; {s['mismatched']} mismatch, {s['review']} review" if s["expected"] is not None else ""

@@ -19,23 +19,99 @@ from typing import Any
 
 from bincli.config import Config
 from bincli.errors import Interrupted, UsageError
+from bincli.steps.predict import add_count_fields
 
 
-def run_batch_predict(cfg: Config, images: Sequence[Path], out: Path, endpoint: str | None = None,
+def run_batch_predict(cfg: Config, images: Sequence[Path | str], out: Path, endpoint: str | None = None,
                       endpoint_url: str | None = None, model: Path | None = None,
-                      expected: int | None = None) -> dict[str, Any]:
+                      expected: int | None = None, wait: bool = True) -> dict[str, Any]:
     """Answer every photo not yet answered in `out`; the summary counts the whole file's answers
-    for these photos (answered earlier or now), and the photos that failed now."""
+    for these photos (answered earlier or now), and the photos that failed now. One S3 prefix
+    (s3://bucket/photos/) instead of photos: the backend's batch job answers them (SageMaker: a
+    Batch Transform job; `wait` False only starts or looks at it)."""
     from bincli.progress import Progress
-    from bincli.steps.answering import answers
-    from bincli.steps.predict import add_count_fields, collect_images, open_predictor
 
-    files = collect_images(images)
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; give a file name such as results.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    f, earlier = _open_results(out)
+    with f:
+        source = _source(cfg, images, earlier, endpoint, endpoint_url, model, wait)
+        kept = [row for image, row in earlier.items() if source["wanted"](image)]
+        verdicts = [_verdict(row, cfg, expected) for row in kept]
+        failed = done_now = 0
+        if source["rows"] is not None:
+            try:
+                with Progress("predict", total=source["todo"], unit="photos", show_bytes=False) as bar:
+                    for image, answer in source["rows"]:
+                        row = {"image": image, **answer}
+                        if "error" in row:
+                            failed += 1
+                        else:
+                            add_count_fields(row, cfg.predict, expected)
+                            verdicts.append(row.get("verdict"))
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()
+                        done_now += 1
+                        bar.advance(1, failed=int("error" in row))
+            except KeyboardInterrupt:
+                f.flush()
+                raise Interrupted(f"interrupted: {out} holds the answers so far",
+                                  hint="run the same command again to go on where it stopped") from None
+            finally:
+                source["rows"].close()
+    seconds = time.monotonic() - t0
+    return {"out": str(out), "source": source["where"], "job": source.get("job"), "n": len(kept) + source["todo"],
+            "earlier": len(kept), "answered": done_now - failed, "failed": failed, "expected": expected,
+            "mismatched": verdicts.count("mismatch"), "review": verdicts.count("review"),
+            "seconds": round(seconds, 2),
+            "photos_per_s": round(done_now / seconds, 1) if done_now and seconds > 0 else None}
+
+
+def _source(cfg: Config, images: Sequence[Path | str], earlier: dict[str, Any], endpoint: str | None,
+            endpoint_url: str | None, model: Path | None, wait: bool) -> dict[str, Any]:
+    """Where the answers come from: {"where", "todo" (photos to answer), "rows" (a generator of
+    (image, answer), None while a batch job runs), "wanted" (image -> whether it is one of these
+    photos), "job" (a batch job's summary)}."""
+    uris = [str(i) for i in images if str(i).startswith("s3://")]
+    if uris:
+        if len(images) != 1 or endpoint or endpoint_url:
+            raise UsageError("an S3 prefix of photos is answered by a batch job: give it alone, without "
+                             "--endpoint/--endpoint-url", hint="bincli predict s3://bucket/photos/ --out results.jsonl")
+        from bincli.backends import get_backend
+
+        prefix = uris[0] if uris[0].endswith("/") else uris[0] + "/"
+        job = get_backend(cfg).batch_predict(prefix, model, set(earlier), wait)
+        rows = job.pop("answers")
+        return {"where": f"transform job {job['job']}" if job["job"] else None, "job": job,
+                "todo": job["photos"] if rows is not None else 0,
+                "rows": (r for r in rows) if rows is not None else None,
+                "wanted": lambda image: image.startswith(prefix)}
+    from bincli.steps.answering import answers
+    from bincli.steps.predict import collect_images, open_predictor
+
+    files = collect_images([Path(i) for i in images])
+    wanted = {str(p) for p in files}
+    todo = list(dict.fromkeys(p for p in files if str(p) not in earlier))  # a photo given twice: one answer
+    if not todo:
+        return {"where": None, "todo": 0, "rows": None, "wanted": wanted.__contains__}
+    predictor = open_predictor(cfg, endpoint, endpoint_url, model)
+
+    def rows():
+        try:
+            for i, answer in answers(predictor, todo, cfg.predict.concurrency):
+                yield str(todo[i]), answer
+        finally:
+            predictor.close()
+
+    return {"where": predictor.where, "todo": len(todo), "rows": rows(), "wanted": wanted.__contains__}
+
+
+def _open_results(out: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """(`out` opened and locked, {image: answer row} of it), the file first rewritten with its
+    answers alone where it held anything else."""
     f = _open_locked(out)
     earlier, clean = _answers_in(f)
     if not clean:
@@ -44,39 +120,7 @@ def run_batch_predict(cfg: Config, images: Sequence[Path], out: Path, endpoint: 
         atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in earlier.values()))
         f.close()
         f = _open_locked(out)
-    with f:
-        wanted = {str(p) for p in files}
-        kept = [row for image, row in earlier.items() if image in wanted]
-        todo = [p for p in files if str(p) not in earlier]
-        verdicts = [_verdict(row, cfg, expected) for row in kept]
-        failed, source = 0, None
-        if todo:
-            predictor = open_predictor(cfg, endpoint, endpoint_url, model)
-            source = predictor.where
-            try:
-                with Progress("predict", total=len(todo), unit="photos", show_bytes=False) as bar:
-                    for i, answer in answers(predictor, todo, cfg.predict.concurrency):
-                        row = {"image": str(todo[i]), **answer}
-                        if "error" in row:
-                            failed += 1
-                        else:
-                            add_count_fields(row, cfg.predict, expected)
-                            verdicts.append(row.get("verdict"))
-                        f.write(json.dumps(row) + "\n")
-                        f.flush()
-                        bar.advance(1, failed=int("error" in row))
-            except KeyboardInterrupt:
-                f.flush()
-                raise Interrupted(f"interrupted: {out} holds the answers so far",
-                                  hint="run the same command again to go on where it stopped") from None
-            finally:
-                predictor.close()
-    seconds = time.monotonic() - t0
-    done_now = len(todo)
-    return {"out": str(out), "source": source, "n": len(files), "earlier": len(kept), "answered": done_now - failed,
-            "failed": failed, "expected": expected, "mismatched": verdicts.count("mismatch"),
-            "review": verdicts.count("review"), "seconds": round(seconds, 2),
-            "photos_per_s": round(done_now / seconds, 1) if done_now and seconds > 0 else None}
+    return f, earlier
 
 
 def _open_locked(out: Path) -> Any:

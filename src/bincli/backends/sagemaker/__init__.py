@@ -93,6 +93,11 @@ class SageMakerBackend(BaseBackend):
 
         return run_upload(self.cfg.upload, self.cfg.workdir, require_s3=True, region=self.cfg.sagemaker.region)
 
+    def batch_predict(self, uri: str, model: Path | None, answered: set[str], wait: bool) -> dict[str, Any]:
+        from bincli.backends.sagemaker.transform import transform_on_sagemaker
+
+        return transform_on_sagemaker(self.cfg, uri, model, answered, wait)
+
     def preflight(self, steps: Sequence[str]) -> list[Check]:
         from bincli.backends.sagemaker.preflight import preflight
 
