@@ -311,6 +311,9 @@ class SageMakerConfig(Section):
     train_instance_type: str = "ml.g4dn.xlarge"
     train_instance_count: int = Field(1, ge=1, le=100)
     training_image: str | None = None
+    # File: each channel is copied to every instance before training starts; FastFile: read from S3 as
+    # the script opens each file (no wait, no disk for it; each photo's first read is an S3 request).
+    input_mode: Literal["File", "FastFile"] = "File"
     framework_version: str = "2.8"
     volume_size_gb: int = Field(50, ge=1, le=16384)
     spot: bool = True

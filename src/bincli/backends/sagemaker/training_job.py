@@ -54,7 +54,8 @@ JOB_FILE = "sagemaker-job.json"
 TERMINAL = ("Completed", "Failed", "Stopped")
 # The sagemaker keys that shape a training job: a change to one of them means another job.
 JOB_KEYS = {"region", "role_arn", "bucket", "train_instance_type", "train_instance_count", "training_image",
-            "framework_version", "volume_size_gb", "spot", "max_run_minutes", "max_wait_minutes", "base_job_name"}
+            "input_mode", "framework_version", "volume_size_gb", "spot", "max_run_minutes", "max_wait_minutes",
+            "base_job_name"}
 CHECKPOINT_PATH = "/opt/ml/checkpoints"  # in the container; the entry point's default checkpoint dir
 WEIGHTS_HP = hyperparameter_name("weights_file")  # a local path: sent as the weights channel instead
 
@@ -186,7 +187,6 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
     from sagemaker.core.training.configs import (
         CheckpointConfig,
         Compute,
-        InputData,
         MetricDefinition,
         OutputDataConfig,
         SourceCode,
@@ -227,7 +227,17 @@ def build_trainer(config: Config, session: Any, hp: dict[str, Any], channels: di
         # torchrun across instances, and across GPUs (SM_NUM_GPUS) unless nproc_per_node says otherwise.
         distributed=Torchrun(process_count_per_node=nproc if nproc > 1 else None),
     ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
-    return trainer, [InputData(channel_name=name, data_source=uri.rstrip("/") + "/") for name, uri in channels.items()]
+    return trainer, [_channel(name, uri, sm_cfg.input_mode) for name, uri in channels.items()]
+
+
+def _channel(name: str, uri: str, input_mode: str) -> Any:
+    """An S3 channel read in `input_mode` (File or FastFile), every instance getting all of it. A Channel,
+    not an InputData: the SDK makes an S3 InputData a File channel whatever the job's mode."""
+    from sagemaker.core.training.configs import Channel, DataSource, S3DataSource
+
+    source = S3DataSource(s3_data_type="S3Prefix", s3_uri=uri.rstrip("/") + "/",
+                          s3_data_distribution_type="FullyReplicated")
+    return Channel(channel_name=name, data_source=DataSource(s3_data_source=source), input_mode=input_mode)
 
 
 def job_failed(job: Mapping[str, Any]) -> BincliError:
