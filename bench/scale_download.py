@@ -18,8 +18,8 @@ has found every empty bin, and never picks an id without a photo.
             are (it reads every metadata key), then again with another seed and N: the second
             must read no metadata (the label index); the report's request counts are printed.
   upload    `bincli upload` of a split of --large photos to a bucket on the same moto server,
-            then a rerun (must send nothing), against a plain s3transfer upload of the same files
-            at the same concurrency (the aws CLI is not installed here; when it is, `aws s3 sync`).
+            then a rerun (must send nothing), against `aws s3 sync` of the same files laid out the
+            same way (hard links), first and rerun; without the aws CLI, a plain s3transfer loop.
 Prints figures; asserts nothing.
 """
 
@@ -190,20 +190,36 @@ def section_upload(url: str, ids: list[str], args, tmp: Path) -> None:
     s3.create_bucket(Bucket="bench-plain")
     workers = 16
 
+    aws = shutil.which("aws")
+    tree = tmp / "sync-tree"  # what bincli sends, as a folder for `aws s3 sync` (hard links)
+    for name, members in cut.items():
+        (tree / name / "images").mkdir(parents=True)
+        shutil.copy(manifests / f"{name}.csv", tree / name / f"{name}.csv")
+        for i in members:
+            os.link(data / "images" / f"{i}.jpg", tree / name / "images" / f"{i}.jpg")
     t0 = time.perf_counter()
-    files = [(data / "images" / f"{i}.jpg", f"plain/{name}/images/{i}.jpg") for name, m in cut.items() for i in m]
-    with create_transfer_manager(s3, TransferConfig(max_concurrency=workers)) as mgr:
-        for path, key in files:
-            mgr.upload(str(path), "bench-plain", key)
+    if aws:
+        subprocess.run([aws, "s3", "sync", str(tree), "s3://bench-plain/abid", "--endpoint-url", url,
+                        "--only-show-errors"], check=True, env=env)
+    else:
+        with create_transfer_manager(s3, TransferConfig(max_concurrency=workers)) as mgr:
+            for path in tree.rglob("*"):
+                if path.is_file():
+                    mgr.upload(str(path), "bench-plain", f"abid/{path.relative_to(tree).as_posix()}")
     plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if aws:
+        subprocess.run([aws, "s3", "sync", str(tree), "s3://bench-plain/abid", "--endpoint-url", url,
+                        "--only-show-errors"], check=True, env=env)
+    plain_rerun = time.perf_counter() - t0
 
     cmd = [BINCLI, "-q", "upload", "-w", str(work), "--json", "--s3-uri", "s3://bench-upload/abid",
            "--set", f"upload.endpoint_url={url}", "--set", f"upload.workers={workers}"]
     first = run_cmd_env(cmd, tmp, env)
     again = run_cmd_env(cmd, tmp, env)
-    print(f"\nupload of {n} photos + 3 manifests to moto ({workers} threads each; aws CLI "
-          f"{'found' if shutil.which('aws') else 'not installed: plain s3transfer instead'})")
-    print(f"  plain s3transfer loop : {plain:7.1f} s  {n / plain:6.0f} files/s")
+    what = "aws s3 sync (its default 10 requests)" if aws else "s3transfer loop (no aws CLI here)"
+    print(f"\nupload of {n} photos + 3 manifests to moto (bincli: {workers} threads)")
+    print(f"  {what:<22}: {plain:7.1f} s  {n / plain:6.0f} files/s" + (f"; rerun {plain_rerun:.1f} s" if aws else ""))
     print(f"  bincli upload         : {first[0]:7.1f} s  {n / first[0]:6.0f} files/s, peak RSS {first[1]:.0f} MB, "
           f"uploaded {first[2]['uploaded']}")
     print(f"  bincli upload (rerun) : {again[0]:7.1f} s  uploaded {again[2]['uploaded']}, "

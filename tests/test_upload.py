@@ -249,3 +249,14 @@ def test_parallel_listing_finds_every_key_once_in_order(s3):
     assert len(pages) > 2 + 9  # it did fan out (ranges after the first two pages)
     small = list_objects(s3, s3.bucket, "other/", cuts)
     assert [o["Key"] for o in small] == ["other/x.json"] and small[0]["Size"] == 2
+
+
+def test_a_listing_of_more_than_two_pages_without_cuts_reads_to_the_end(s3):
+    """What upload's rerun lists (no key cuts): a prefix of more than two pages once raised
+    ValueError from the empty fan-out (any rerun over 2,000 objects)."""
+    from bincli.data.s3 import list_objects
+
+    keys = [f"p/{n:03d}" for n in range(11)]
+    for key in keys:
+        s3.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
+    assert [o["Key"] for o in list_objects(s3, s3.bucket, "p/", page_size=3)] == keys

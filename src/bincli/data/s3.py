@@ -177,7 +177,8 @@ def list_objects(client: Any, bucket: str, prefix: str, split_after: list[str] |
         token = resp.get("NextContinuationToken")
     cuts = sorted(b for b in (split_after or []) if b > last)
     ranges: list[tuple[str, str | None]] = [(last, cuts[0] if cuts else None)]
-    ranges += zip(cuts, [*cuts[1:], None], strict=True)
+    if cuts:  # (none: the first range runs to the end)
+        ranges += zip(cuts, [*cuts[1:], None], strict=True)
     for part in map_fn(lister.key_range, ranges):  # in order: the result stays sorted by key
         found.extend(part)
     return found
