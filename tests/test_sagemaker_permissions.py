@@ -202,3 +202,66 @@ def test_the_sdks_role_refusal_is_one_line():
         assert "\n" not in error.message and why in error.message, error.message
         assert error.message.startswith(f"creating the training job: IAM role '{role}' cannot be used")
         assert "--write-policies" in error.hint
+
+
+# ---------------------------------------------------------------- the IAM rows (iam_checks.py)
+class FakeIam:
+    """get_role and the simulator's paginator, answered from StandIns (as the moto tests do)."""
+
+    def __init__(self, standins, roles: dict[str, dict] | None = None):
+        self.standins, self.roles = standins, roles or {}
+
+    def get_paginator(self, name: str):
+        assert name == "simulate_principal_policy"
+        return type("P", (), {"paginate": lambda _, **kw: [self.standins._simulate(kw)]})()
+
+    def get_role(self, RoleName: str):
+        if RoleName not in self.roles:
+            raise ClientError({"Error": {"Code": "NoSuchEntity", "Message": "no"}}, "GetRole")
+        return {"Role": self.roles[RoleName]}
+
+
+def test_simulated_rights_fail_on_a_required_action_and_only_warn_on_an_optional_one():
+    from bincli.backends.sagemaker.iam_checks import Probe, simulate_row
+    from iam_quota_standins import StandIns
+
+    role = "arn:aws:iam::123456789012:role/r"
+    scope = Scope(region="us-east-1", account="123456789012", role_arn=role, caller_arn="arn:aws:iam::1:user/u",
+                  locations=("b/p",))
+    probe = Probe(scope, job_name="bincli", endpoint="ep")
+    mine = [p for p in CALLER if p.steps & {"train"}]
+    full = policy(CALLER, scope)
+    standins = StandIns(policies={"u": full, "v": {"Statement": [dict(s, Action=[a for a in s["Action"]
+                                                                                  if a != "logs:FilterLogEvents"])
+                                                                   for s in full["Statement"]]}},
+                        default={"Statement": []})
+    rows = {who: simulate_row(FakeIam(standins), "your permissions", who, mine, probe, "fix it")
+            for who in ("u", "v", "nobody")}
+    assert (rows["u"].status, rows["u"].detail) == ("ok", f"u may do all {len({p.action for p in mine})} actions")
+    assert rows["v"].status == "warn" and rows["v"].detail.endswith("logs:FilterLogEvents")
+    assert rows["nobody"].status == "fail" and "iam:PassRole" in rows["nobody"].detail
+    assert "logs:FilterLogEvents" not in rows["nobody"].detail  # optional: a failure names the required ones
+    assert rows["nobody"].fix == "fix it"
+    standins.simulate = False
+    refused = simulate_row(FakeIam(standins), "your permissions", "u", mine, probe, "fix it")
+    assert refused.status == "not checked" and "iam:SimulatePrincipalPolicy" in refused.fix
+    root = simulate_row(FakeIam(standins), "your permissions", None, mine, probe, "fix it")
+    assert root.status == "not checked"
+
+
+def test_the_caller_to_simulate_and_the_roles_trust():
+    from bincli.backends.sagemaker.iam_checks import caller_principal, role_row
+    from iam_quota_standins import StandIns
+
+    trust = "%7B%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22" \
+            "sagemaker.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D"  # as IAM may send it
+    iam = FakeIam(StandIns(), {"ci": {"Arn": "arn:aws:iam::1:role/service/ci", "AssumeRolePolicyDocument": trust}})
+    assert caller_principal(iam, "arn:aws:sts::1:assumed-role/ci/run-7") == "arn:aws:iam::1:role/service/ci"
+    assert caller_principal(iam, "arn:aws:sts::1:assumed-role/gone/s") == "arn:aws:iam::1:role/gone"
+    assert caller_principal(iam, "arn:aws:iam::1:user/ann") == "arn:aws:iam::1:user/ann"
+    assert caller_principal(iam, "arn:aws:iam::1:root") is None
+    assert role_row(iam, "arn:aws:iam::1:role/ci", "1").status == "ok"
+    other = role_row(iam, "arn:aws:iam::2:role/ci", "1")
+    assert other.status == "fail" and "is in account 2, you are in 1" in other.detail and other.exit_code == 2
+    missing = role_row(iam, "arn:aws:iam::1:role/nope", "1")
+    assert missing.status == "fail" and missing.fix.startswith("aws iam create-role --role-name nope")

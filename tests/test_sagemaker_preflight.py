@@ -61,6 +61,10 @@ def _policies(workdir: Path, role: str, tmp_path: Path, *sets: str) -> tuple[dic
                                                                       "execution-role-policy.json"))
 
 
+def _rows_of(result) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads(result.stdout)["checks"]}
+
+
 def _caller() -> str:
     import boto3
 
@@ -172,13 +176,13 @@ def test_pipeline_checks_its_billed_steps_before_its_first_step(uploaded, standi
     assert _jobs(sm) == jobs
 
 
-def test_doctor_rows_and_exit_code(uploaded, standins, in_tmp):
+def test_doctor_rows_and_exit_code(uploaded, standins, in_tmp, tmp_path):
     import boto3
 
     workdir, _s3, _sm, bucket, role = uploaded
     result = runner.invoke(app, ["doctor", *_args(workdir, role), "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.stdout)["checks"]}
+    rows = _rows_of(result)
     assert {name: r["status"] for name, r in rows.items()} == {
         "credentials": "ok", "region": "ok", "s3 locations": "ok", "bucket": "ok", "training image": "ok",
         "inference image": "ok", "execution role": "ok", "role permissions": "ok", "your permissions": "ok",
@@ -187,6 +191,18 @@ def test_doctor_rows_and_exit_code(uploaded, standins, in_tmp):
     assert rows["credentials"]["detail"] == f"account 123456789012 as {_caller()}"
     assert rows["s3 locations"]["detail"] == f"bincli reads and writes under s3://{bucket}/abid/"
     assert rows["tune quota"]["detail"] == f"{SPOT}: 1 >= 1 (tune.max_parallel x sagemaker.train_instance_count)"
+
+    # Your rights cover every step, teardown too (what you deploy and may not delete bills on); an
+    # optional one (the live log view) missing alone is no failure.
+    caller_policy = _policies(workdir, role, tmp_path)[0]
+    for statement in caller_policy["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a not in ("tag:GetResources", "logs:FilterLogEvents")]
+    standins.policies[_caller()] = caller_policy
+    result = runner.invoke(app, ["doctor", *_args(workdir, role), "--json"])
+    assert result.exit_code == 1, result.output
+    yours = _rows_of(result)["your permissions"]
+    assert yours["status"] == "fail" and yours["detail"] == f"{_caller()} may not tag:GetResources"
+    del standins.policies[_caller()]
 
     # No right to simulate: not checked, and no failure; a role SageMaker may not assume: a failure.
     standins.simulate = False

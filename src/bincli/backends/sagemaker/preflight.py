@@ -22,7 +22,8 @@ POLICY_FIX = ("'bincli doctor --write-policies DIR' writes the policies for this
 
 def doctor(cfg: Config) -> list[Check]:
     steps = [s for s in BILLED if s != "tune" or cfg.tune.max_jobs]
-    return checks(cfg, steps) + cost_rows(cfg, steps)
+    # Your rights for every step, not only the billed ones: deploying what you may not tear down bills on.
+    return checks(cfg, steps, also=("upload", "predict", "status", "teardown")) + cost_rows(cfg, steps)
 
 
 def preflight(cfg: Config, steps: list[str]) -> list[Check]:
@@ -34,7 +35,8 @@ def preflight(cfg: Config, steps: list[str]) -> list[Check]:
     return (checks(cfg, steps) if cfg.sagemaker.preflight else []) + cost_rows(cfg, steps)
 
 
-def checks(cfg: Config, steps: list[str]) -> list[Check]:
+def checks(cfg: Config, steps: list[str], also: tuple[str, ...] = ()) -> list[Check]:
+    """The rows for `steps` (billed ones); `also`: more steps whose calls your rights must cover."""
     from bincli.backends.sagemaker.iam_checks import Probe, caller_principal, role_row, simulate_row
     from bincli.backends.sagemaker.permissions import CALLER, ROLE, Scope
     from bincli.backends.sagemaker.quotas import needs, quota_rows
@@ -70,7 +72,8 @@ def checks(cfg: Config, steps: list[str]) -> list[Check]:
         rows.append(role_row(iam, role, identity["Account"]))
         rows.append(simulate_row(iam, "role permissions", role, [p for p in ROLE if p.steps & wanted], probe,
                                  POLICY_FIX.format(file="execution-role-policy.json", who=f"the role {role}")))
-    rows.append(simulate_row(iam, "your permissions", caller, [p for p in CALLER if p.steps & wanted], probe,
+    yours = [p for p in CALLER if p.steps & (wanted | set(also))]
+    rows.append(simulate_row(iam, "your permissions", caller, yours, probe,
                              POLICY_FIX.format(file="caller-policy.json", who="you (your user or role)")))
     return rows + quota_rows(session, needs(cfg, steps))
 
