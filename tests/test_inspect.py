@@ -318,3 +318,16 @@ def test_help_has_the_shared_flags_and_an_example():
     assert result.exit_code == 0
     for flag in ("--config", "--workdir", "--json", "--input", "--split", "--model", "Example: bincli inspect"):
         assert flag in result.output, flag
+
+
+def test_copies_give_linear_pairs_and_a_search_over_the_limit_says_so():
+    """100 ids of one hash are one group from 99 pairs (not 4,950); over the limit of distinct
+    hashes nothing is compared and search_note says why."""
+    from bincli.data.near_duplicates import groups, search_note
+
+    copies = {f"c{k:03d}": 7 for k in range(100)}
+    pairs = near_pairs({**copies, "far": (1 << 64) - 1})
+    assert len(pairs) == 99 and groups(pairs) == [sorted(copies)]
+    twins = {"a": 0, "b": 0b11111, "far": (1 << 64) - 1}
+    assert near_pairs(twins, limit=3) == [("a", "b", 5)] and search_note(twins, limit=3) is None
+    assert near_pairs(twins, limit=2) == [] and "over the limit of 2" in search_note(twins, limit=2)

@@ -244,3 +244,52 @@ def test_cli_split_no_group_flag(data, tmp_path, in_tmp):
     assert result.exit_code == 0, result.output
     assert State(tmp_path / "w").step("split")["config"]["group_near_duplicates"] is False
     assert json.loads(result.stdout)["near_duplicates"] is None
+
+
+def _naive_keep_groups_together(splits, groups, spec, seed):
+    """The rule as first written (a scan of every photo per move): the reference for the fast one."""
+    import random as _random
+
+    from bincli.core.contract import SPLITS as _SPLITS
+
+    where = {it.id: name for name, items in splits.items() for it in items}
+    item_of = {it.id: it for items in splits.values() for it in items}
+    grouped = {i for g in groups for i in g}
+    rng = _random.Random(seed)
+    for group in groups:
+        members = [i for i in group if i in where]
+        sides = {where[i] for i in members}
+        if len(sides) < 2:
+            continue
+        counts = {n: sum(where[i] == n for i in members) for n in _SPLITS}
+        target = max(_SPLITS, key=lambda n: (counts[n], -_SPLITS.index(n)))
+        for id_ in members:
+            source = where[id_]
+            if source == target:
+                continue
+            where[id_] = target
+            cls = spec.bucket(item_of[id_].count)
+            swap = sorted(j for j, n in where.items() if n == target and j not in grouped
+                          and spec.bucket(item_of[j].count) == cls)
+            if swap:
+                where[rng.choice(swap)] = source
+    return {name: sorted(i for i, n in where.items() if n == name) for name in _SPLITS}
+
+
+def test_keep_groups_together_moves_exactly_as_the_plain_rule_does():
+    """The per-(split, class) lists that replaced a scan per move choose the same swaps."""
+    import random as _random
+
+    from bincli.core.classes import ClassSpec
+    from bincli.data.split import Item, assign, keep_groups_together
+
+    rng = _random.Random(7)
+    items = [Item(f"{k:05d}", f"images/{k:05d}.jpg", rng.randint(1, 5)) for k in range(600)]
+    spec = ClassSpec.parse("1-5")
+    splits, _ = assign(items, spec, (0.8, 0.1, 0.1), 3, None)
+    ids = [it.id for it in items]
+    groups = [sorted(rng.sample(ids, rng.randint(2, 4))) for _ in range(60)]
+    groups = [g for k, g in enumerate(groups) if not set(g) & {i for h in groups[:k] for i in h}]
+    out, stats = keep_groups_together(splits, groups, spec, seed=3)
+    assert stats["groups_moved"] > 10
+    assert {n: [it.id for it in v] for n, v in out.items()} == _naive_keep_groups_together(splits, groups, spec, 3)

@@ -4,6 +4,12 @@ The hash: a 64-bit difference hash (data/survey.py) over Pillow + numpy, the alg
 `imagehash.dhash` without its scipy/PyWavelets dependencies; it ignores brightness and size, and
 64-bit ints make the all-pairs search one numpy XOR + popcount (10,000 photos: ~3 s).
 
+Scale: the search is all pairs of DISTINCT hashes (quadratic; a block of rows at a time, so its
+memory stays a few tens of MB at any size) and stops above MAX_SEARCH distinct hashes: it then
+compares none and says so (`search_note`, in inspect's summary and split's report), rather than
+run for most of an hour. Copies with the same hash are one point; their pairs are linear: each
+id with the first of its hash, and one pair per two near hashes (their first ids).
+
 The rule, set on ../shared/abid-sample by looking at every reported pair side by side: two
 photos are near-copies when their hashes differ in at most MAX_DISTANCE bits AND both sit apart
 from the crowd: every other photo is at least MARGIN bits further away than the farthest of
@@ -22,7 +28,8 @@ from collections.abc import Mapping
 
 MAX_DISTANCE = 6  # bits of 64
 MARGIN = 3  # bits between a photo's near-copies and the nearest other photo
-_CHUNK = 1024  # rows of the distance matrix at a time (1024 x N bytes)
+MAX_SEARCH = 30_000  # distinct hashes compared all-pairs at most (~1 min on 2 busy cores: README)
+_BLOCK = 1 << 21  # cells of the distance matrix at a time (uint64: 16 MB)
 
 
 def exact_groups(sha_by_id: Mapping[str, str]) -> list[list[str]]:
@@ -33,11 +40,21 @@ def exact_groups(sha_by_id: Mapping[str, str]) -> list[list[str]]:
     return sorted((sorted(ids) for ids in by_sha.values() if len(ids) > 1), key=lambda g: g[0])
 
 
+def search_note(hashes: Mapping[str, int], limit: int = MAX_SEARCH) -> str | None:
+    """Why near-copies were not searched (too many distinct hashes), or None when they were."""
+    n = len(set(hashes.values()))
+    if n <= limit:
+        return None
+    return (f"near-duplicate search skipped: {n:,} distinct photo hashes, over the limit of {limit:,} "
+            "(all pairs are compared; data/near_duplicates.py MAX_SEARCH); exact copies are still found")
+
+
 def near_pairs(hashes: Mapping[str, int], max_distance: int = MAX_DISTANCE,
-               margin: int = MARGIN) -> list[tuple[str, str, int]]:
-    """(id, id, bits) for every near-duplicate pair by the rule above, sorted. Photos with the same
+               margin: int = MARGIN, limit: int = MAX_SEARCH) -> list[tuple[str, str, int]]:
+    """(id, id, bits) near-duplicate pairs by the rule above, sorted: enough pairs that their
+    connected components are the groups (see the module's note on scale). Photos with the same
     hash (exact copies, or the same picture re-encoded) are one point: the caller reports exact
-    copies apart."""
+    copies apart. Over `limit` distinct hashes only the same-hash pairs (search_note says so)."""
     import numpy as np
 
     ids = sorted(hashes)
@@ -46,12 +63,19 @@ def near_pairs(hashes: Mapping[str, int], max_distance: int = MAX_DISTANCE,
     # One row per distinct hash, so an exact copy does not count as the "crowd" of its own twin.
     distinct = sorted(set(hashes.values()))
     row_of = {h: i for i, h in enumerate(distinct)}
+    members: dict[int, list[str]] = {}
+    for id_ in ids:
+        members.setdefault(row_of[hashes[id_]], []).append(id_)
+    pairs = [(same[0], y, 0) for same in members.values() for y in same[1:]]
+    if len(distinct) > limit:
+        return sorted(pairs)
     values = np.array([h - (1 << 64) if h >= 1 << 63 else h for h in distinct], dtype=np.int64).view(np.uint64)
     n = len(values)
     candidates: list[tuple[int, int, int]] = []
     clean = np.zeros(n, dtype=bool)
-    for start in range(0, n, _CHUNK):
-        block = np.bitwise_count(values[start:start + _CHUNK, None] ^ values[None, :]).astype(np.int16)
+    chunk = max(1, min(1024, _BLOCK // n))
+    for start in range(0, n, chunk):
+        block = np.bitwise_count(values[start:start + chunk, None] ^ values[None, :]).astype(np.int16)
         rows = np.arange(block.shape[0])
         block[rows, start + rows] = 99  # itself
         near = block <= max_distance
@@ -61,12 +85,7 @@ def near_pairs(hashes: Mapping[str, int], max_distance: int = MAX_DISTANCE,
         for r, c in zip(*np.nonzero(near), strict=True):
             if start + r < c:
                 candidates.append((start + int(r), int(c), int(block[r, c])))
-    keep = {(a, b): d for a, b, d in candidates if clean[a] and clean[b]}
-    members: dict[int, list[str]] = {}
-    for id_ in ids:
-        members.setdefault(row_of[hashes[id_]], []).append(id_)
-    pairs = [(x, y, d) for (a, b), d in keep.items() for x in members[a] for y in members[b]]
-    pairs += [(x, y, 0) for same in members.values() for i, x in enumerate(same) for y in same[i + 1:]]
+    pairs += [(members[a][0], members[b][0], d) for a, b, d in candidates if clean[a] and clean[b]]
     return sorted((min(x, y), max(x, y), d) for x, y, d in pairs)
 
 

@@ -16,11 +16,13 @@ hard links (a symlink for folders/), each replaced atomically.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -42,6 +44,8 @@ from bincli.data.disk import writing
 from bincli.errors import DataError, StateError
 from bincli.lock import pid_alive
 from bincli.state import State
+
+log = logging.getLogger("bincli.split")
 
 REPORT_FILE = "split-report.json"
 HISTOGRAM_FILE = "class-histogram.png"
@@ -184,6 +188,12 @@ def keep_groups_together(splits: dict[str, list[Item]], groups: list[list[str]],
     where = {it.id: name for name, items in splits.items() for it in items}
     item_of = {it.id: it for items in splits.values() for it in items}
     grouped = {i for g in groups for i in g}
+    # The ungrouped photos of each (split, class), sorted, kept up to date as swaps move them:
+    # not a scan of every photo per move (that was quadratic at 100,000 photos).
+    free: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for id_ in sorted(where):
+        if id_ not in grouped:
+            free[(where[id_], spec.bucket(item_of[id_].count))].append(id_)
     rng = random.Random(seed)
     stats = {"groups": 0, "groups_moved": 0, "images_moved": 0, "unbalanced": 0}
     for group in groups:
@@ -202,10 +212,12 @@ def keep_groups_together(splits: dict[str, list[Item]], groups: list[list[str]],
             where[id_] = target
             stats["images_moved"] += 1
             cls = spec.bucket(item_of[id_].count)
-            swap = sorted(j for j, n in where.items() if n == target and j not in grouped
-                          and spec.bucket(item_of[j].count) == cls)
+            swap = free[(target, cls)]
             if swap:
-                where[rng.choice(swap)] = source
+                other = rng.choice(swap)
+                where[other] = source
+                swap.remove(other)
+                bisect.insort(free[(source, cls)], other)
             else:
                 stats["unbalanced"] += 1
     out: dict[str, list[Item]] = {name: [] for name in SPLITS}
@@ -214,9 +226,10 @@ def keep_groups_together(splits: dict[str, list[Item]], groups: list[list[str]],
     return out, stats
 
 
-def near_duplicate_groups_of(items: list[Item], root: Path, workdir: Path) -> list[list[str]]:
-    """The near-duplicate groups among `items` (hashes from the workdir's image-facts cache)."""
-    from bincli.data.near_duplicates import near_duplicate_groups
+def near_duplicate_groups_of(items: list[Item], root: Path, workdir: Path) -> tuple[list[list[str]], str | None]:
+    """The near-duplicate groups among `items` (hashes from the workdir's image-facts cache), and
+    why near-copies were not searched (too many photos) or None."""
+    from bincli.data.near_duplicates import near_duplicate_groups, search_note
     from bincli.data.survey import FactsCache, survey
 
     cache = FactsCache.for_workdir(workdir)
@@ -224,7 +237,8 @@ def near_duplicate_groups_of(items: list[Item], root: Path, workdir: Path) -> li
         facts = survey({it.id: root / it.path for it in items}, cache).facts
     finally:
         cache.close()
-    return near_duplicate_groups({i: f.dhash for i, f in facts.items() if not f.error})
+    hashes = {i: f.dhash for i, f in facts.items() if not f.error}
+    return near_duplicate_groups(hashes), search_note(hashes)
 
 
 def _cut(n: int, ratios: tuple[float, float, float]) -> list[int]:
@@ -313,8 +327,11 @@ def stage_split(cfg: SplitConfig, state: State) -> Staged:
     grouping = None
     if cfg.group_near_duplicates:
         with writing(layout.under(state.workdir, layout.CACHE_DIR), exact=False):
-            groups = near_duplicate_groups_of(items, root, state.workdir)
+            groups, note = near_duplicate_groups_of(items, root, state.workdir)
         splits, grouping = keep_groups_together(splits, groups, spec, cfg.seed)
+        if note:  # (only then: a split that searched keeps the fingerprint it always had)
+            log.warning("%s", note)
+            grouping["search"] = note
     if not splits["train"]:
         raise DataError(f"{root}: no image with a count in classes {spec} (counts seen: "
                         f"{', '.join(str(c) for c in sorted(outside))})")

@@ -9,6 +9,7 @@ embeds): built in a staging folder, then swapped in, so a failed run leaves the 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import secrets
@@ -26,11 +27,13 @@ from bincli.core.contract import SPLITS
 from bincli.core.fileio import atomic_write_json, file_sha256
 from bincli.data import abid
 from bincli.data.bin_metadata import BinFacts, read_bin
-from bincli.data.near_duplicates import exact_groups, groups, near_pairs
+from bincli.data.near_duplicates import exact_groups, groups, near_pairs, search_note
 from bincli.data.split import resolve_input
 from bincli.data.survey import FactsCache, survey
 from bincli.errors import DataError, StateError, UsageError
 from bincli.state import State
+
+log = logging.getLogger("bincli.inspect")
 
 REPORT_SUBDIR = "data"
 OPEN_TOP = 10  # per-class tables and figures put counts from here up in one "10+" class (a long thin tail)
@@ -75,7 +78,10 @@ def run_inspect(cfg: Config, use_split: bool = False, model: Path | None = None,
                         f"{problems[min(problems)]})")
 
     split = _split_membership(state, use_split)
-    pairs = near_pairs({i: f.dhash for i, f in facts.items()})
+    hashes = {i: f.dhash for i, f in facts.items()}
+    pairs, note = near_pairs(hashes), search_note(hashes)
+    if note:
+        log.warning("%s", note)
     same_bytes = exact_groups({i: f.sha256 for i, f in facts.items()})
     near_all = groups(pairs, same_bytes)  # what leaks: near-copies and exact copies alike
     near = [g for g in near_all if g not in same_bytes]
@@ -90,7 +96,7 @@ def run_inspect(cfg: Config, use_split: bool = False, model: Path | None = None,
         "sizes": _sizes(facts),
         "light": _light(facts, counts),
         "metadata": _metadata({i: bins[i] for i in facts}),
-        "duplicates": _duplicates(same_bytes, near, near_all, pairs, split),
+        "duplicates": {**_duplicates(same_bytes, near, near_all, pairs, split), "search": note},
         "model": None,
     }
     model_tar = model or _trained_model(state)
