@@ -470,3 +470,56 @@ def test_pipeline_on_sagemaker_then_teardown_leaves_nothing_deployed(sagemaker_p
     assert [m for m in sm.list_models()["Models"] if m["ModelName"].startswith(name)] == []
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"] == []
     assert state.outputs("deploy") is None
+
+
+# ---------------------------------------------------------------- --teardown whatever happens (issue 25)
+@pytest.mark.parametrize("how", ["ctrl-c", "a failed step", "a bug"])
+def test_teardown_runs_last_whatever_stopped_the_pipeline_and_says_what_it_removed(
+        sagemaker_env, tmp_path, monkeypatch, how):
+    import io
+    import uuid
+
+    from rich.console import Console
+
+    from bincli.errors import DataError
+    from bincli.steps import pipeline
+
+    _, sm, bucket, role = sagemaker_env
+    name = f"bincli-pl-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(workdir=tmp_path / "work", backend="sagemaker", **{
+        "split.input": tmp_path / "abid", "tune.max_jobs": 0, "deploy.name": name,
+        "sagemaker.role_arn": role, "sagemaker.region": "us-east-1", "sagemaker.poll_seconds": 0.01})
+    State(cfg.workdir).record("train", {"model_s3": f"s3://{bucket}/m/model.tar.gz"})
+    deployed = _deploy_now(cfg)  # an endpoint an earlier run left, billing
+    stop = {"ctrl-c": KeyboardInterrupt(), "a failed step": DataError("no images in split.input"),
+            "a bug": RuntimeError("a bug")}[how]
+
+    def inspect_stops(cfg, from_tune):  # the pipeline's first step to run, stopped
+        raise stop
+
+    monkeypatch.setitem(pipeline._RUNNERS, "inspect", inspect_stops)
+    shown = io.StringIO()
+    console = Console(file=shown, width=200)
+    if how == "a bug":
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_pipeline(cfg, teardown=True, console=console)
+    else:
+        result = run_pipeline(cfg, teardown=True, console=console)
+        statuses = _statuses(result)
+        assert statuses["inspect"] == "failed" and statuses["evaluate"] == "not reached"
+        assert statuses["teardown"] == "ran" and list(statuses)[-1] == "teardown"
+        assert result["failed"]["step"] == "inspect"  # the exit code is still the step's
+        assert result["failed"]["exit_code"] == (130 if how == "ctrl-c" else 1)
+        row = result["steps"][-1]["outputs"]
+        assert row["message"] == f"removed endpoint '{name}'" and row["left"] == []
+        assert {f"endpoint {name}", f"model {deployed['models'][0]}",
+                f"endpoint config {deployed['endpoint_configs'][0]}"} <= set(row["removed"])
+    assert "== teardown: --teardown" in shown.getvalue() and f"removed endpoint '{name}'" in shown.getvalue()
+    assert [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name] == []
+    assert State(cfg.workdir).outputs("deploy") is None
+
+
+def _deploy_now(cfg):
+    from bincli.backends import get_backend
+
+    return get_backend(cfg).deploy(None, update=False, foreground=False)

@@ -20,8 +20,9 @@ The plan (`plan()`, what --dry-run prints): each step is one of
       inspect, split, train, deploy, evaluate are always configured (their sections have defaults):
       inspect reads inspect.input, else split.input, else the download; evaluate scores the test
       split (the valid split when there is no test set) through the endpoint deploy made.
-    teardown is not in the plan unless --teardown; then it always runs, last (it removes what deploy
-    made and is a no-op when nothing is deployed).
+    teardown is not in the plan unless --teardown; then it always runs, last, whatever happened
+    before it (a failed step, Ctrl-C, SIGTERM, a bug): it removes what deploy made (what bills while
+    idle) and is a no-op when nothing is deployed. Its row says what it removed and what it left.
 --from/--to choose the range: steps outside it are left as they are, stale or not. --force STEP
 reruns STEP (and therefore every step after it).
 
@@ -62,7 +63,7 @@ KEY_OUTPUTS = {
     "train": ("run", "epochs_run", "accuracy", "model", "job_name"),
     "deploy": ("name", "url", "endpoint"),
     "evaluate": ("split", "n", "accuracy", "failed"),
-    TEARDOWN: ("message",),
+    TEARDOWN: ("message", "removed", "left"),
 }
 
 
@@ -159,34 +160,52 @@ def run_pipeline(cfg: Config, *, start: str | None = None, stop: str | None = No
     rows: list[dict[str, Any]] = []
     failed: dict[str, Any] | None = None
     from_tune = not_configured(cfg, "tune") is None
-    for p in planned:
-        row: dict[str, Any] = {"step": p.step, "plan": p.action, "reasons": p.reasons, "seconds": None}
-        rows.append(row)
-        if dry_run:
-            row["status"] = {"run": "would run", "skip": "would skip"}.get(p.action, p.action)
-            continue
-        if failed is not None:
-            row["status"] = "not reached"
-            continue
-        if p.action != "run":
-            row["status"] = "skipped" if p.action == "skip" else p.action
-            row["outputs"] = _key_outputs(p.step, state.outputs(p.step))
-            continue
-        console.print(f"== {p.step}: {'; '.join(p.reasons)}", markup=False, highlight=False, soft_wrap=True)
-        started = time.monotonic()
-        try:
-            result = _RUNNERS[p.step](cfg, from_tune)
-        except (BincliError, KeyboardInterrupt) as exc:
-            row["status"] = "failed"
-            failed = _failure(p.step, exc)
-            result = None
-        else:
-            row["status"] = "ran"
-        row["seconds"] = round(time.monotonic() - started, 1)
-        if result is not None:
-            row["outputs"] = _key_outputs(p.step, result if p.step == TEARDOWN else state.outputs(p.step))
+    last = planned.pop() if not dry_run and planned and planned[-1].step == TEARDOWN else None
+    try:
+        for p in planned:
+            row: dict[str, Any] = {"step": p.step, "plan": p.action, "reasons": p.reasons, "seconds": None}
+            rows.append(row)
+            if dry_run:
+                row["status"] = {"run": "would run", "skip": "would skip"}.get(p.action, p.action)
+            elif failed is not None:
+                row["status"] = "not reached"
+            elif p.action != "run":
+                row["status"] = "skipped" if p.action == "skip" else p.action
+                row["outputs"] = _key_outputs(p.step, state.outputs(p.step))
+            else:
+                failed = _run_step(cfg, p, row, state, from_tune, console)
+    finally:
+        if last is not None:  # --teardown: last, whatever happened above (an exception goes on after it)
+            rows.append({"step": TEARDOWN, "plan": last.action, "reasons": last.reasons, "seconds": None})
+            failed = _run_step(cfg, last, rows[-1], state, from_tune, console) or failed
+            _say_removed(rows[-1], console)
     return {"workdir": str(cfg.workdir), "dry_run": dry_run, "steps": rows,
             "metrics": None if dry_run else summary_metrics(state), "failed": failed}
+
+
+def _run_step(cfg: Config, p: Planned, row: dict[str, Any], state: State, from_tune: bool,
+              console: Any) -> dict[str, Any] | None:
+    """Run one planned step, filling its summary row; its failure (see _failure), or None."""
+    console.print(f"== {p.step}: {'; '.join(p.reasons)}", markup=False, highlight=False, soft_wrap=True)
+    started = time.monotonic()
+    failure = result = None
+    try:
+        result = _RUNNERS[p.step](cfg, from_tune)
+        row["status"] = "ran"
+    except (BincliError, KeyboardInterrupt) as exc:
+        row["status"] = "failed"
+        failure = _failure(p.step, exc)
+    row["seconds"] = round(time.monotonic() - started, 1)
+    if result is not None:
+        row["outputs"] = _key_outputs(p.step, result if p.step == TEARDOWN else state.outputs(p.step))
+    return failure
+
+
+def _say_removed(row: dict[str, Any], console: Any) -> None:
+    """Teardown's result as it happens: the summary is not printed when an exception stops the pipeline."""
+    outputs = row.get("outputs") or {}
+    if outputs.get("message"):
+        console.print(f"   {outputs['message']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def outcome_error(result: dict[str, Any]) -> BincliError | None:
