@@ -331,3 +331,21 @@ def test_copies_give_linear_pairs_and_a_search_over_the_limit_says_so():
     twins = {"a": 0, "b": 0b11111, "far": (1 << 64) - 1}
     assert near_pairs(twins, limit=3) == [("a", "b", 5)] and search_note(twins, limit=3) is None
     assert near_pairs(twins, limit=2) == [] and "over the limit of 2" in search_note(twins, limit=2)
+
+
+def test_a_cached_rerun_parses_no_metadata_and_a_changed_file_is_read_again(data, tmp_path, monkeypatch):
+    """The metadata facts are cached by (path, size, mtime) like the photos': at 100,000 photos,
+    parsing every JSON on each run was most of a cached rerun."""
+    import bincli.data.survey as survey_mod
+
+    first = run_inspect(cfg_for(tmp_path / "w", input=data))
+    reads = []
+    real = survey_mod.read_bin
+    monkeypatch.setattr(survey_mod, "read_bin", lambda path: reads.append(path.name) or real(path))
+    again = run_inspect(cfg_for(tmp_path / "w", input=data))
+    assert reads == [] and again["metadata"] == first["metadata"] and again["problems"] == first["problems"]
+    doc = json.loads((data / "metadata" / "00003.json").read_text())
+    doc["EXPECTED_QUANTITY"] = 4
+    (data / "metadata" / "00003.json").write_text(json.dumps(doc, indent=1))
+    third = run_inspect(cfg_for(tmp_path / "w", input=data))
+    assert reads == ["00003.json"] and third["classes"]["histogram"]["4"] == 1

@@ -6,7 +6,9 @@ model archive's sha256 and the photo's.
 One reduced decode per photo gives everything `inspect` and `split --group-near-duplicates`
 need. Facts are keyed by the photo's sha256 in `<workdir>/cache/image-facts.sqlite`; a second
 table maps (path, size, mtime) to that sha256, so a rerun only stats the photos it has seen
-and reads just the new ones. SQLite because several bincli processes may share the cache
+and reads just the new ones. The facts of each metadata file (data/bin_metadata.py) are kept
+the same way, by (path, size, mtime): a cached rerun over 100,000 photos parses no JSON.
+SQLite because several bincli processes may share the cache
 (it locks and commits atomically) and a lookup of 10,000 rows takes milliseconds.
 """
 
@@ -20,16 +22,18 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bincli import layout
 from bincli.data import abid
+from bincli.data.bin_metadata import BinFacts, read_bin
 from bincli.errors import DataError
 
 CACHE_FILE = "image-facts.sqlite"
 # Bump when what is computed changes: older rows are then recomputed, never mixed in.
 FACTS_VERSION = 1
+BINS_VERSION = 1  # of the metadata facts (BinFacts' fields)
 # Decode at (at least) this many pixels on each side: JPEG's DCT scaling makes it several
 # times faster than a full decode, and brightness, contrast and a 9x8 hash do not need more.
 DRAFT_SIDE = 64
@@ -108,6 +112,8 @@ class FactsCache:
             "sha256 TEXT);"
             "CREATE TABLE IF NOT EXISTS facts (sha256 TEXT PRIMARY KEY, version INTEGER, bytes INTEGER, "
             "width INTEGER, height INTEGER, luma REAL, contrast REAL, dhash TEXT, error TEXT);"
+            "CREATE TABLE IF NOT EXISTS bins (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+            "version INTEGER, facts TEXT);"
             "CREATE TABLE IF NOT EXISTS answers (model TEXT, sha256 TEXT, answer TEXT, "
             "PRIMARY KEY (model, sha256));")
 
@@ -135,6 +141,17 @@ class FactsCache:
             self.db.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [(f.sha256, FACTS_VERSION, f.bytes, f.width, f.height, f.luma, f.contrast,
                                   f"{f.dhash:016x}", f.error) for _, _, _, f in rows])
+
+    def bins(self) -> dict[str, tuple[int, int, str]]:
+        """{metadata path: (size, mtime_ns, facts as JSON)} of the current version."""
+        with self._errors():
+            return {p: (s, m, f) for p, s, m, f in self.db.execute(
+                "SELECT path, size, mtime_ns, facts FROM bins WHERE version = ?", (BINS_VERSION,))}
+
+    def add_bins(self, rows: Sequence[tuple[str, int, int, str]]) -> None:
+        with self._errors(), self.db:
+            self.db.executemany("INSERT OR REPLACE INTO bins VALUES (?, ?, ?, ?, ?)",
+                                [(p, s, m, BINS_VERSION, f) for p, s, m, f in rows])
 
     def answers(self, model: str) -> dict[str, dict]:
         """A model's cached answers, {photo sha256: answer}; `model` is the archive's sha256."""
@@ -202,3 +219,33 @@ def survey(images: dict[str, Path], cache: FactsCache, workers: int = 4,
     if batch:
         cache.add(batch)
     return Survey(out, unreadable, len(todo))
+
+
+def read_bins(metadata: dict[str, Path], cache: FactsCache) -> tuple[dict[str, BinFacts | str], int]:
+    """read_bin of each {id: metadata path} (facts, or the reason it cannot be used), from the
+    cache when the file is unchanged; returns them and how many files were read this time."""
+    known = cache.bins()
+    out: dict[str, BinFacts | str] = {}
+    new: list[tuple[str, int, int, str]] = []
+    read = 0
+    for id_, path in metadata.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            out[id_] = read_bin(path)  # (says why it cannot be read)
+            continue
+        seen = known.get(str(path))
+        if seen and seen[:2] == (st.st_size, st.st_mtime_ns):
+            doc = json.loads(seen[2])
+            out[id_] = doc if isinstance(doc, str) else BinFacts(**doc)
+            continue
+        got = read_bin(path)
+        out[id_] = got
+        read += 1
+        new.append((str(path), st.st_size, st.st_mtime_ns, json.dumps(got if isinstance(got, str) else asdict(got))))
+        if len(new) >= 5000:
+            cache.add_bins(new)
+            new = []
+    if new:
+        cache.add_bins(new)
+    return out, read

@@ -140,7 +140,7 @@ def run_upload(cfg: UploadConfig, workdir: Path, require_s3: bool = False, regio
 
     bucket, prefix = parse_s3_uri(cfg.s3_uri)
     items = plan(split, prefix, cfg.layout)
-    client = make_client(endpoint_url=cfg.endpoint_url, region=region, pool_size=cfg.workers + 4)
+    client = make_client(endpoint_url=cfg.endpoint_url, region=region, pool_size=cfg.workers + 4, lean=True)
     where = f"s3://{bucket}/{prefix}".rstrip("/")
     try:
         # Only what _same compares: a listed dict with its datetime is ~1.5 KB (45 MB for 30,000).

@@ -26,10 +26,10 @@ from bincli.core.classes import ClassSpec
 from bincli.core.contract import SPLITS
 from bincli.core.fileio import atomic_write_json, file_sha256
 from bincli.data import abid
-from bincli.data.bin_metadata import BinFacts, read_bin
+from bincli.data.bin_metadata import BinFacts
 from bincli.data.near_duplicates import exact_groups, groups, near_pairs, search_note
 from bincli.data.split import resolve_input
-from bincli.data.survey import FactsCache, survey
+from bincli.data.survey import FactsCache, read_bins, survey
 from bincli.errors import DataError, StateError, UsageError
 from bincli.state import State
 
@@ -54,18 +54,17 @@ def run_inspect(cfg: Config, use_split: bool = False, model: Path | None = None,
     problems |= {i: "metadata without image" for i in meta_files.keys() - image_files.keys()}
 
     bins: dict[str, BinFacts] = {}
-    for id_ in sorted(meta_files.keys() & image_files.keys()):
-        got = read_bin(meta_files[id_])
-        if isinstance(got, str):
-            problems[id_] = got
-        else:
-            bins[id_] = got
-    if not bins:
-        raise DataError(f"{root}: no photo has usable metadata (checked {len(problems)} files; "
-                        f"e.g. {min(problems)}: {problems[min(problems)]})")
-
     cache = FactsCache.for_workdir(workdir)
     try:
+        read, _ = read_bins({i: meta_files[i] for i in sorted(meta_files.keys() & image_files.keys())}, cache)
+        for id_, got in read.items():
+            if isinstance(got, str):
+                problems[id_] = got
+            else:
+                bins[id_] = got
+        if not bins:
+            raise DataError(f"{root}: no photo has usable metadata (checked {len(problems)} files; "
+                            f"e.g. {min(problems)}: {problems[min(problems)]})")
         surveyed = survey({i: image_files[i] for i in bins}, cache, progress=progress)
     finally:
         cache.close()
