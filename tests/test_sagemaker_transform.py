@@ -112,3 +112,38 @@ def test_a_prefix_of_photos_is_counted_by_a_transform_job_collected_into_the_jso
     assert r.exit_code == 0, (r.stdout, r.stderr)
     second = json.loads(r.stdout)
     assert second["job"]["job"] != job and second["job"]["photos"] == 1 and second["earlier"] == 5
+
+
+def test_teardown_all_stops_a_running_transform_job_and_deletes_its_model(sagemaker_env, tmp_path, monkeypatch):
+    from botocore.awsrequest import AWSResponse
+
+    s3, sm, bucket, role = sagemaker_env
+    s3.upload_file(str(make_bin_image(tmp_path / "b.jpg", 2)), bucket, "night/bin.jpg")
+
+    def in_progress(parsed, **_):
+        moto_job(parsed["TransformJobArn"].rsplit("/", 1)[1]).transform_job_status = "InProgress"
+
+    stopped = []
+
+    def stop(params, **_):  # moto has no StopTransformJob: SageMaker's empty 200, and the job Stopped
+        name = json.loads(params["body"])["TransformJobName"]
+        stopped.append(name)
+        moto_job(name).transform_job_status = "Stopped"
+        return AWSResponse("http://standin", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    on_sessions(monkeypatch, "after-call.sagemaker.CreateTransformJob", in_progress)
+    on_sessions(monkeypatch, "before-call.sagemaker.StopTransformJob", stop)
+    work = tmp_path / "work"
+    common = ["-w", str(work), "--set", "backend=sagemaker", "--set", "sagemaker.region=us-east-1",
+              "--set", f"sagemaker.role_arn={role}", "--set", f"sagemaker.bucket={bucket}"]
+    r = runner.invoke(app, ["predict", f"s3://{bucket}/night/", "--out", str(tmp_path / "o.jsonl"), "--no-wait",
+                            "--model", str(model_tar(tmp_path)), "--json", *common])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    job = json.loads(r.stdout)["job"]["job"]
+
+    r = runner.invoke(app, ["teardown", "--all", "--json", *common])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    removed = json.loads(r.stdout)["removed"]
+    assert stopped == [job] and f"transform job {job} (stopped)" in removed
+    assert not [m for m in sm.list_models()["Models"] if m["ModelName"] == job]
+    assert State(work).outputs("transform") is None

@@ -26,6 +26,7 @@ from bincli.backends.sagemaker.session import (
     legacy_workspace_tag,
     workspace_tag,
 )
+from bincli.backends.sagemaker.transform import stop_transform
 from bincli.config import Config
 from bincli.console import err
 from bincli.errors import BincliError
@@ -55,7 +56,8 @@ def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
 
 def teardown_tagged(cfg: Config) -> dict[str, Any]:
     """teardown, then every endpoint, endpoint config and model in the region tagged with this
-    workspace (leftovers of deploys whose record was lost), each endpoint's autoscaling first."""
+    workspace (leftovers of deploys whose record was lost), each endpoint's autoscaling first; and
+    the recorded batch transform job, stopped if it still runs."""
     state = State(cfg.workdir)
     record = recorded_endpoint(state, backend="sagemaker")
     first = teardown_sagemaker(cfg) if record is not None else {"removed": [], "left": []}
@@ -71,6 +73,7 @@ def teardown_tagged(cfg: Config) -> dict[str, Any]:
     for endpoint in found["endpoint"]:
         removed += _deregister(aas, scaling.resource_id(endpoint), None, left)
     removed += _delete_all(sm, found["endpoint"], found["endpoint config"], found["model"])
+    removed += stop_transform(cfg)  # a batch job (predict s3://) still running bills too
     region = sm.meta.region_name
     what = f"{len(removed)} resource(s)" if removed else "nothing"
     tags = " or ".join(f"{WORKSPACE_TAG}={v}" for v in values)
