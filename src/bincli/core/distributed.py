@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,14 @@ import torch.distributed as dist
 from .hyperparams import DEVICE_CHOICES
 
 log = logging.getLogger(__name__)
+
+# How long a collective waits for the other ranks before failing. A host that dies with its sockets
+# closed fails the others at once; one that hangs or vanishes (no reset) is found only by this wait.
+# Long enough for rank 0's longest solo step (saving a checkpoint, writing the model), short enough
+# that a dead host costs minutes of billed instances, not torch's default half hour.
+COLLECTIVE_TIMEOUT_S = 600.0
+# What torch's gloo and NCCL errors say when a peer is gone (gloo raises a plain RuntimeError).
+_PEER_LOST = ("Connection reset", "Connection closed", "Timed out", "timed out", "Broken pipe", "NCCL", "gloo")
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,11 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistContext:
+def init_distributed(device: str = "auto", timeout_s: float = COLLECTIVE_TIMEOUT_S) -> DistContext:
     """Read torchrun's variables, pick the device, and join the process group (NCCL on GPU, gloo on CPU).
 
     device: "auto" (a GPU when one is visible and SM_NUM_GPUS is not 0), "cpu" or "cuda".
+    timeout_s: how long any collective waits for the other ranks (see COLLECTIVE_TIMEOUT_S).
     """
     if device not in DEVICE_CHOICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICE_CHOICES)}")
@@ -128,3 +138,34 @@ def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def host_name() -> str:
+    """This rank's host as SageMaker names it (SM_CURRENT_HOST: algo-1, algo-2, ...), else the machine's name."""
+    return os.environ.get("SM_CURRENT_HOST") or socket.gethostname()
+
+
+def describe_group(ctx: DistContext) -> str:
+    """'4 ranks on 2 hosts: algo-1 ranks 0-1, algo-2 ranks 2-3' (hosts in the order of their first rank).
+    A collective: every rank calls it."""
+    hosts: dict[str, list[int]] = {}
+    for rank, host in enumerate(gather_objects(ctx, host_name())):
+        hosts.setdefault(host, []).append(rank)
+
+    def ranks(rs: list[int]) -> str:
+        return f"ranks {rs[0]}-{rs[-1]}" if len(rs) > 1 and rs == list(range(rs[0], rs[-1] + 1)) else \
+            f"rank{'s' if len(rs) > 1 else ''} {','.join(map(str, rs))}"
+
+    return (f"{ctx.world_size} rank{'s' if ctx.world_size > 1 else ''} on {len(hosts)} host"
+            f"{'s' if len(hosts) > 1 else ''}: " + ", ".join(f"{h} {ranks(rs)}" for h, rs in hosts.items()))
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """The one-line reason if `exc` is a collective that failed because another rank died or stopped
+    answering (None for any other error)."""
+    text = str(exc).strip()
+    if not isinstance(exc, RuntimeError) or not (isinstance(exc, dist.DistError) or any(m in text for m in _PEER_LOST)):
+        return None
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = line.split("] ", 1)[-1] if line.startswith("[") else line  # gloo's "[.../pair.cc:545] " source tag
+    return line.split(". This is typically", 1)[0].rstrip(".")

@@ -182,6 +182,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision (auto: on GPU)")
     run.add_argument("--channels-last", type=str2bool, nargs="?", const=True, default=True)
     run.add_argument("--log-interval", type=float, default=30.0, help="seconds between progress lines (0: every step)")
+    run.add_argument("--collective-timeout", type=float,
+                     default=float(_env("BINCLI_COLLECTIVE_TIMEOUT", str(D.COLLECTIVE_TIMEOUT_S))),
+                     help="seconds a rank waits for the others before the job fails (a hung or lost host) "
+                          "[BINCLI_COLLECTIVE_TIMEOUT]")
     return p
 
 
@@ -493,6 +497,8 @@ def train_epochs(args: argparse.Namespace, ctx: D.DistContext, t: Training, data
     steps = full // args.batch_size if drop_last else 1
     loader = build_loader(data.train_set, args.batch_size, data.train_sampler, args.workers, drop_last=drop_last,
                           pin_memory=_pin(ctx))
+    if ctx.distributed:
+        check_shards(ctx, data, p.start_epoch, p.start_sample)
     with StopSignal() as stop:
         for epoch in range(p.start_epoch, args.epochs + 1):
             stats = _train_epoch(epoch, args, ctx, t, data, p, ckpts, loader, steps, stop)
@@ -506,6 +512,30 @@ def train_epochs(args: argparse.Namespace, ctx: D.DistContext, t: Training, data
                 raise RunInterrupted(stop.signum or 2, epoch + 1, 0, ckpts.last)
             if p.finished:
                 break
+
+
+def check_shards(ctx: D.DistContext, data: Data, epoch: int, start: int) -> None:
+    """Every rank reads the same train split, and their shards of `epoch` are disjoint and cover it.
+
+    Each host downloads its own copy of the channel: one given part of it (S3 ShardedByS3Key, a
+    host with other files) would train on other data than the others, with nothing failing."""
+    data.train_sampler.set_epoch(epoch, start)
+    rows = D.gather_objects(ctx, (D.host_name(), data.fingerprint, len(data.train_set), list(data.train_sampler)))
+    if len({(fp, n) for _, fp, n, _ in rows}) > 1:
+        seen = sorted({f"{host}: {n} images ({fp})" for host, fp, n, _ in rows})
+        raise TrainError(f"the hosts read different train splits ({'; '.join(seen)}); every host needs the "
+                         f"whole channel (S3DataDistributionType FullyReplicated)")
+    shards = [indices for *_, indices in rows]
+    union = set().union(*map(set, shards))
+    repeated = sum(map(len, shards)) - len(union)
+    expected = data.train_sampler.n - start
+    if len(union) != expected:
+        raise TrainError(f"the {ctx.world_size} ranks' shards of epoch {epoch} cover {len(union)} of "
+                         f"{expected} train images")
+    if ctx.is_main:
+        log.info("train split %s (%d images) on every rank; epoch %d: %d shards of %d images, %s, covering %d",
+                 data.fingerprint, len(data.train_set), epoch, len(shards), len(shards[0]),
+                 f"{repeated} repeated to even them out" if repeated else "disjoint", len(union))
 
 
 def _train_epoch(epoch: int, args: argparse.Namespace, ctx: D.DistContext, t: Training, data: Data, p: Progress,
@@ -647,7 +677,7 @@ def run(args: argparse.Namespace, on_epoch_end: Callable[[int, dict[str, Any]], 
     returning True stops training there (the model is still written); an exception it raises
     (e.g. optuna.TrialPruned) propagates. Raises RunInterrupted after SIGINT/SIGTERM.
     """
-    ctx = D.init_distributed(args.device)
+    ctx = D.init_distributed(args.device, args.collective_timeout)
     try:
         return train(args, ctx, on_epoch_end)
     finally:
@@ -658,8 +688,11 @@ def train(args: argparse.Namespace, ctx: D.DistContext, on_epoch_end=None) -> di
     """The run, top to bottom: arguments -> data -> model and optimizer -> resume -> epochs -> outputs."""
     spec = check_args(args)
     dirs = Dirs.from_args(args)
+    group = D.describe_group(ctx) if ctx.distributed else None
     if ctx.is_main:
         log_start(args, ctx)
+        if group:
+            log.info("distributed: %s; collective timeout %g s", group, args.collective_timeout)
         sweep_leftovers(dirs)
     _seed_everything(args.seed)
     data = load_data(args, spec, ctx)
@@ -703,13 +736,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.warning("%s", exc)
         sys.exit(128 + exc.signum)
     except InputDataError as exc:
-        log.error("error: %s", _one_line(exc))
+        _fail(_one_line(exc))
         sys.exit(2)
     except TrainError as exc:
-        log.error("error: %s", _one_line(exc))
+        _fail(_one_line(exc))
         if exc.hint:
             log.error("hint: %s", exc.hint)
         sys.exit(1)
+    except RuntimeError as exc:
+        reason = D.lost_peer(exc) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+        if reason is None:
+            raise
+        _fail(f"lost contact with the other ranks (rank {rank} on {D.host_name()}): {reason}; a host of this "
+              f"job died or stopped answering (collective timeout {args.collective_timeout:g} s)")
+        sys.exit(1)
+
+
+def _fail(message: str) -> None:
+    """The error as one line: logged (every rank's, since rank > 0 logs warnings and errors), and as
+    the job's failure file when the launcher names one (SM_OUTPUT_FAILURE: SageMaker's FailureReason;
+    the first rank to fail writes it, and the SDK's driver keeps a file that is there)."""
+    log.error("error: %s", message)
+    path = os.environ.get("SM_OUTPUT_FAILURE")
+    if path:
+        try:
+            with open(path, "x") as f:
+                f.write(message + "\n")
+        except OSError:  # there already (another rank's), or no such dir: the log line stands
+            pass
 
 
 if __name__ == "__main__":
