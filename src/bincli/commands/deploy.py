@@ -57,7 +57,8 @@ def deploy(
     from bincli.steps.preflight import check_before
 
     backend = get_backend(cfg)
-    check_before(cfg, ["deploy"], yes=yes, backend=backend)
+    if not foreground:  # serving in this terminal bills nothing (and only the local backend does it)
+        check_before(cfg, ["deploy"], yes=yes, backend=backend)
     finish(backend.deploy(None, update=update, foreground=foreground), json_out, _render)
 
 

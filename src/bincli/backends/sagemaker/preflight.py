@@ -40,7 +40,7 @@ def checks(cfg: Config, steps: list[str], also: tuple[str, ...] = ()) -> list[Ch
     from bincli.backends.sagemaker.iam_checks import Probe, caller_principal, role_row, simulate_row
     from bincli.backends.sagemaker.permissions import CALLER, ROLE, Scope
     from bincli.backends.sagemaker.quotas import needs, quota_rows
-    from bincli.backends.sagemaker.session import boto_session
+    from bincli.backends.sagemaker.session import boto_session, role_arn
 
     try:
         session = boto_session(cfg.sagemaker)
@@ -65,9 +65,10 @@ def checks(cfg: Config, steps: list[str], also: tuple[str, ...] = ()) -> list[Ch
     probe = Probe(scope, job_name=cfg.sagemaker.base_job_name, endpoint=cfg.deploy.name)
     wanted = set(steps) | ({"autoscaling"} if "deploy" in steps and cfg.deploy.autoscaling else set())
     if role is None:
-        rows.append(Check("execution role", FAIL, "sagemaker.role_arn is not set",
-                          "make a role that trusts sagemaker.amazonaws.com (policies/), then "
-                          "--set sagemaker.role_arn=arn:aws:iam::<account>:role/<role>", exit_code=2))
+        try:
+            role_arn(cfg.sagemaker)  # its error, word for word
+        except BincliError as exc:
+            rows.append(Check("execution role", FAIL, exc.message, exc.hint, exit_code=exc.exit_code))
     else:
         rows.append(role_row(iam, role, identity["Account"]))
         rows.append(simulate_row(iam, "role permissions", role, [p for p in ROLE if p.steps & wanted], probe,
