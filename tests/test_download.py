@@ -404,3 +404,22 @@ def test_ids_kept_aside_while_sampling_hold_no_metadata_body():
     assert len(picker.overflow[1]) == 998 and all(isinstance(kept, str) for kept in picker.overflow[1])
     picker.reopen(1)  # a pick failed: the next id of its class, its metadata fetched again
     assert list(picker.picks()) == [("1", 1, None)]
+
+
+def test_complete_ids_trusts_the_index_only_for_unchanged_pairs(tmp_path):
+    """The no-op rerun's check of many ids at once: an id counts as complete only when both of its
+    files are in the index with the same size and mtime."""
+    import os as _os
+
+    from bincli.data.local_store import LocalStore
+
+    store = LocalStore(tmp_path / "data")
+    store.prepare()
+    for id_ in ("00001", "00002", "00003", "00004"):
+        for path in (store.metadata_path(id_), store.image_path(id_)):
+            path.write_bytes(b"x" * 10)
+            store.remember(path, _os.stat(path))
+    store.image_path("00002").write_bytes(b"y" * 11)  # changed since it was verified
+    store.metadata_path("00003").unlink()  # gone
+    store.forget(store.image_path("00004"))  # never verified
+    assert store.complete_ids(["00001", "00002", "00003", "00004", "00005"]) == {"00001"}

@@ -204,9 +204,9 @@ class Downloader:
     def fixed(self, ids: list[str]) -> list[Outcome]:
         outcomes: dict[str, Outcome] = {}
         todo = []
+        done = self.store.complete_ids(ids)
         for id_ in ids:
-            meta_path = self.store.metadata_path(id_)
-            if self.store.known_good(meta_path) and self.store.known_good(self.store.image_path(id_)):
+            if id_ in done:
                 outcomes[id_] = Outcome(id_, True, self.store.label(id_))
             else:
                 todo.append(id_)
