@@ -118,6 +118,19 @@ def test_progress_on_a_terminal_and_plain(live):
         assert "progress epoch" not in text and "img/s  loss" not in text
 
 
+def test_off_a_terminal_the_step_is_shown_at_most_every_interval():
+    """CI logs: between epoch lines, a plain progress line at most every `interval` seconds."""
+    now = [0.0]
+    console = Console(force_terminal=False, width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    with TrainProgress(console, epochs=3, live=False, interval=15, clock=lambda: now[0]) as progress:
+        for t, step in [(5, 1), (16, 2), (20, 3), (32, 4)]:
+            now[0] = t
+            progress.line(f"progress epoch=1 step={step}/6 step_loss=1.5 step_acc=0.25 step_img_s=40.0\n")
+    shown = [line for line in console.export_text().splitlines() if "step " in line]
+    assert shown == ["epoch 1/3  step 2/6 (33%)  loss 1.5000 acc 0.250  40.0 img/s",
+                     "epoch 1/3  step 4/6 (67%)  loss 1.5000 acc 0.250  40.0 img/s"]
+
+
 # ---------------------------------------------------------------- end to end
 def test_train_needs_a_split(in_tmp):
     result = runner.invoke(app, ["train", "-w", "w"])

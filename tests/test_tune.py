@@ -60,6 +60,7 @@ def test_a_trial_runs_the_entry_point_with_its_params_over_the_fixed_ones(tmp_pa
         "--batch-size": "16", "--weight-decay": "0.002", "--lr": "0.005", "--epochs": "1", "--classes": "1-3",
         "--device": "cpu"}
     assert args["--checkpoint-dir"] == str(trial_dir / "checkpoints") and args["--data-root"] == str(tmp_path / "data")
+    assert float(args["--log-interval"]) == 15  # a line from the trial at least this often (CI logs)
     env = objective.env(trial_dir)
     assert env["SM_MODEL_DIR"] == str(trial_dir / "model") and int(env["OMP_NUM_THREADS"]) >= 1
 
@@ -85,6 +86,34 @@ def test_a_trial_reports_each_epoch_and_stops_when_pruned(tmp_path):
     with pytest.raises(optuna.TrialPruned, match="pruned at epoch 2"):
         on_line(format_epoch_line(2, {"train_loss": 0.8, "valid_loss": 0.7, "valid_acc": 0.5}))
     assert best == [0.4, 0.5] and trial.reported == [(1, 0.4), (2, 0.5)]
+
+
+def test_a_trial_shows_its_steps_and_epochs_as_they_come(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from bincli.core.contract import format_progress_line
+
+    objective = _objective(tmp_path)
+    shown = io.StringIO()
+    objective.console = Console(file=shown, width=200)
+
+    class Trial:
+        number = 7
+
+        def report(self, value, step):
+            pass
+
+        def should_prune(self):
+            return False
+
+    on_line = objective._reader(Trial(), [], epochs=3)
+    on_line(format_progress_line(1, 3, 6, 1.25, 0.5, 40.0))
+    on_line(format_epoch_line(1, {"train_loss": 1.0, "train_acc": 0.4, "valid_loss": 0.9, "valid_acc": 0.4}))
+    lines = shown.getvalue().splitlines()
+    assert lines[0] == "trial 7: epoch 1/3  step 3/6 (50%)  loss 1.2500 acc 0.500  40.0 img/s"
+    assert lines[1].startswith("trial 7: epoch 1/3  |  train loss 1.0000 acc 0.400  |  valid loss 0.9000")
 
 
 @pytest.mark.slow

@@ -208,13 +208,28 @@ def _rich_progress(show_bytes: bool, console: Any, transient: bool) -> Any:
                         refresh_per_second=4, expand=True)
 
 
+PLAIN_INTERVAL_S = 15.0  # not a terminal: a training's progress line at most this often (CI logs)
+
+
+def step_summary(prog: Mapping[str, float], epochs: int) -> str:
+    """A `progress ...` line of the entry point, for people: where the epoch is, and how it goes."""
+    step, steps = int(prog["step"]), int(prog["steps"])
+    return (f"epoch {int(prog['epoch'])}/{epochs}  step {step}/{steps} ({100 * step / max(steps, 1):.0f}%)  "
+            f"loss {prog['loss']:.4f} acc {prog['acc']:.3f}  {prog['img_s']:.1f} img/s")
+
+
 class TrainProgress:
     """Turns the child's lines into output for people: a rich progress bar per epoch (img/s, loss,
-    accuracy) on a terminal, one plain line per epoch otherwise. Other lines (logs) pass through."""
+    accuracy) on a terminal; otherwise one plain line per epoch and, in between, the step at most
+    every `interval` seconds, so a CI log never sits silent for a whole epoch. Other lines (logs)
+    pass through."""
 
-    def __init__(self, console, epochs: int, live: bool | None = None):
+    def __init__(self, console, epochs: int, live: bool | None = None, interval: float = PLAIN_INTERVAL_S,
+                 clock: Any = time.monotonic):
         self.console, self.epochs = console, epochs
         self.live = console.is_terminal if live is None else live
+        self.interval, self.clock = interval, clock
+        self._last_plain = clock()
         self.epoch_rows: list[dict[str, float]] = []
         self.errors: list[str] = []
         self.hints: list[str] = []
@@ -247,12 +262,18 @@ class TrainProgress:
             return
         prog = parse_progress_line(text)
         if prog is not None:
-            if self.live and not self.console.quiet:
+            if self.console.quiet:
+                return
+            if self.live:
                 self._update_bar(prog)
+            elif self.clock() - self._last_plain >= self.interval:
+                self._last_plain = self.clock()
+                self._print(step_summary(prog, self.epochs))
             return
         row = parse_epoch_line(text)
         if row is not None:
             self.epoch_rows.append(row)
+            self._last_plain = self.clock()
             self._close_bar()
             self._print(self.epoch_summary(row, self.epochs))
             return

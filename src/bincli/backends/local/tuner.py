@@ -32,11 +32,12 @@ from typing import Any
 
 from bincli.backends.local.launcher import build_command, build_env, require_device, run_child
 from bincli.config import Config, SearchSpace, TrainConfig, TuneConfig
-from bincli.core.contract import best_metric, parse_best_line, parse_epoch_line
+from bincli.core.contract import best_metric, parse_best_line, parse_epoch_line, parse_progress_line
 from bincli.core.fileio import atomic_write_text
 from bincli.errors import BincliError, DataError
 from bincli.hyperparameters import hyperparameters_from
 from bincli.layout import CACHE_DIR, TUNE_DIR, under
+from bincli.progress import PLAIN_INTERVAL_S, TrainProgress, step_summary
 from bincli.state import State
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,9 @@ class _Objective:
         scores: list[float] = []
         started = time.monotonic()
         try:
+            epochs = int(hyperparameters_from(self.train_cfg, params)["epochs"])
             code, _ = run_child(self.command(params, trial_dir), self.env(trial_dir), trial_dir / "train.log",
-                                self._reader(trial, best, scores), grace_s=30)
+                                self._reader(trial, best, scores, epochs), grace_s=30)
         except optuna.TrialPruned:
             trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
             self._say(f"trial {trial.number}: pruned after {len(best)} epoch(s) {_show(params)}")
@@ -221,7 +223,8 @@ class _Objective:
         hp = hyperparameters_from(self.train_cfg, params)
         hp["classes"] = self.split["classes"]
         extra = {"data-root": self.split["data_root"], "checkpoint-dir": str(trial_dir / "checkpoints"),
-                 "cache-dir": str(under(self.workdir, CACHE_DIR)), "device": self.train_cfg.device}
+                 "cache-dir": str(under(self.workdir, CACHE_DIR)), "device": self.train_cfg.device,
+                 "log-interval": PLAIN_INTERVAL_S}  # a line from each trial this often: no silent minutes
         return build_command(hp, 1, extra)
 
     def env(self, trial_dir: Path) -> dict[str, str]:
@@ -229,9 +232,10 @@ class _Objective:
         env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
-    def _reader(self, trial, best: list[float], scores: list[float] | None = None):
+    def _reader(self, trial, best: list[float], scores: list[float] | None = None, epochs: int | None = None):
         """on_line for run_child: report each epoch's objective to Optuna (appended to `best`); stop
-        a pruned trial; the best-so-far lines' objective values go to `scores`."""
+        a pruned trial; the best-so-far lines' objective values go to `scores`. With `epochs`, the
+        trial's progress and epoch lines are shown as they come (the child's --log-interval apart)."""
         import optuna
 
         def on_line(line: str) -> None:
@@ -239,7 +243,13 @@ class _Objective:
             if so_far is not None and scores is not None:
                 scores.append(so_far[best_metric(self.objective)])
                 return
+            prog = parse_progress_line(line) if epochs else None
+            if prog is not None:
+                self._say(f"trial {trial.number}: {step_summary(prog, epochs)}")
+                return
             row = parse_epoch_line(line)
+            if row is not None and epochs:
+                self._say(f"trial {trial.number}: {TrainProgress.epoch_summary(row, epochs)}")
             if row is None or self.objective not in row:
                 return
             value = row[self.objective]
