@@ -124,3 +124,29 @@ def test_every_bincli_command_in_the_readme_exists_with_its_flags():
             if re.fullmatch(r"--?[a-zA-Z][\w-]*", flag):
                 assert re.search(rf"(^|[\s,/]){re.escape(flag)}([\s,=]|$)", text, re.M), \
                     f"README shows 'bincli {' '.join(argv)}', but {' '.join(path)} has no {flag}"
+
+
+def test_the_demo_from_a_bare_clone_reads_the_public_bucket_and_says_so(tmp_path):
+    """No ABID sample beside the project: no stand-in is started and the pipeline runs without
+    download.endpoint_url (the public bucket). bincli is a recorder here: only the script's choice is tested."""
+    import subprocess
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls.txt"
+    (fake / "bincli").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'if [ "$1" = pipeline ]; then mkdir -p "$5/splits"; '
+        'printf "id,path,count\\n00001,images/00001.jpg,3\\n" > "$5/splits/test.csv"; fi\n')
+    (fake / "bincli").chmod(0o755)
+    work = tmp_path / "work"
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "BIN": str(fake), "SHARED": str(tmp_path / "no-shared"),
+                              "DEMO_WORK": str(work)}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "from the public bucket s3://aft-vbi-pds itself (needs internet; no AWS account)" in run.stdout
+    assert "local stand-in" not in run.stdout
+    recorded = calls.read_text().splitlines()
+    assert recorded[0] == f"pipeline -c configs/demo.yaml -w {work}"  # no download.endpoint_url
+    assert [line.split()[0] for line in recorded] == ["pipeline", "predict", "teardown", "status", "teardown"]
