@@ -423,3 +423,19 @@ def test_complete_ids_trusts_the_index_only_for_unchanged_pairs(tmp_path):
     store.metadata_path("00003").unlink()  # gone
     store.forget(store.image_path("00004"))  # never verified
     assert store.complete_ids(["00001", "00002", "00003", "00004", "00005"]) == {"00001"}
+
+
+def test_a_long_id_list_keeps_a_bounded_window_in_flight(tmp_path):
+    """30,000 ids are not 30,000 futures at once: at most 2 x workers are submitted ahead."""
+    from bincli.data.download import Downloader
+    from bincli.data.local_store import LocalStore
+
+    dl = Downloader(DownloadConfig(ids=["00001"], workers=4), LocalStore(tmp_path), Progress("t", enabled=False))
+    calls = []
+    try:
+        results = dl._bounded([str(k) for k in range(1000)], lambda i: calls.append(i) or i)
+        first = next(results)
+        assert len(calls) <= 8 and first in calls
+        assert sorted([first, *results], key=int) == [str(k) for k in range(1000)]
+    finally:
+        dl.close()

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,9 +213,7 @@ class Downloader:
         self.progress.advance(len(outcomes))
         if todo:
             _ = self.fetcher  # make the client once, before the workers need it
-            futures = [self.pool.submit(self._complete_one, id_) for id_ in todo]
-            for fut in futures:
-                out = fut.result()
+            for out in self._bounded(todo, self._complete_one):  # a window in flight, not 30,000 futures
                 outcomes[out.id] = out
         return [outcomes[i] for i in ids]
 
@@ -306,6 +304,23 @@ class Downloader:
         if self.labels is not None:
             self.labels.add(id_, label)
         return id_, label, data, None
+
+    def _bounded(self, items: list[str], fn: Callable[[str], Any]) -> Iterator[Any]:
+        """fn over items on the pool, results as they finish, at most 2 x workers in flight (a
+        slow one, retrying, holds one slot, not the others)."""
+        window = max(8, 2 * self.cfg.workers)
+        pending: set[Future] = set()
+        it = iter(items)
+        while True:
+            for item in it:
+                pending.add(self.pool.submit(fn, item))
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
 
     def _ordered(self, items: list[str], fn: Callable[[str], Any]) -> Iterator[Any]:
         """fn over items on the pool, results in item order, at most 2 x workers ahead."""

@@ -58,6 +58,7 @@ class LocalStore:
         self._index: dict[str, list[int]] = {}
         self._dirty = False
         self._flushed_at = time.monotonic()
+        self._flush_every = INDEX_FLUSH_SECONDS
 
     def prepare(self) -> int:
         """Create the folders, load the index, remove temp files an interrupted run left."""
@@ -200,7 +201,7 @@ class LocalStore:
         index lost in a crash only means files are checked again (locally) on the next run.
         Raises DiskError if it cannot be written (the index in memory stays dirty)."""
         with self._lock:
-            if not self._dirty or (not force and time.monotonic() - self._flushed_at < INDEX_FLUSH_SECONDS):
+            if not self._dirty or (not force and time.monotonic() - self._flushed_at < self._flush_every):
                 return
             snapshot = dict(self._index)
             self._dirty = False
@@ -211,6 +212,9 @@ class LocalStore:
                 tmp.write_text(json.dumps({"version": 1, "files": snapshot}, separators=(",", ":")),
                                encoding="utf-8")
                 os.replace(tmp, self.index_path)
+            # The whole index is rewritten: at 60,000 files that takes a while, so keep saving it
+            # under 5% of the run (it grows with the download; a fixed period would be quadratic).
+            self._flush_every = max(INDEX_FLUSH_SECONDS, 20 * (time.monotonic() - self._flushed_at))
         except BaseException:
             with self._lock:
                 self._dirty = True  # a later flush tries again
