@@ -13,7 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bincli.backends.sagemaker.permissions import CALLER, iam_action
+from bincli.backends.sagemaker.pricing import hourly_price
 from bincli.cli import app
+from bincli.config import SageMakerConfig
 from iam_quota_standins import StandIns, install, quota_code
 
 runner = CliRunner()
@@ -99,7 +101,9 @@ def test_enough_quota_passes_with_the_sdks_role_check_on_and_every_call_is_in_th
 
     train = runner.invoke(app, ["train", *_args(workdir, role), "--no-wait"])
     assert train.exit_code == 0, train.output
-    assert f"cost: train: 1 x {TRAIN_TYPE} (spot) for up to 2 h at $0.23/h each: at most $0.46" in train.output
+    price = hourly_price(TRAIN_TYPE, REGION, SageMakerConfig())  # the dated table's (pricing.py)
+    assert (f"cost: train: 1 x {TRAIN_TYPE} (spot) for up to 2 h at ${price:g}/h each: at most ${2 * price:.2f}"
+            in train.output)
     tune = runner.invoke(app, ["tune", *_args(workdir, role), "--no-wait", "--max-jobs", "2", "--max-parallel", "2"])
     assert tune.exit_code == 0, tune.output
     sent = set(standins.calls)  # before this test's own calls below
