@@ -220,3 +220,24 @@ def test_doctor_rows_and_exit_code(uploaded, standins, in_tmp, tmp_path):
     assert any(re.match(r"not checked +role permissions .*not allowed to simulate", x) for x in lines), lines
     assert "update-assume-role-policy --role-name bincli-ec2-role" in result.stdout
     assert lines[-1] == "backend sagemaker: 1 check(s) failed"
+
+
+def test_a_bucket_with_a_customer_key_puts_its_key_in_the_policies(uploaded, standins, in_tmp, tmp_path):
+    workdir, s3, _sm, bucket, role = uploaded
+    key = "1234abcd-12ab-34cd-56ef-1234567890ab"
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}}]})
+    key_arn = f"arn:aws:kms:{REGION}:123456789012:key/{key}"
+    caller_policy, role_policy = _policies(workdir, role, tmp_path)
+    for document, actions in ((role_policy, ["kms:Decrypt", "kms:GenerateDataKey"]),
+                              (caller_policy, ["kms:Decrypt", "kms:GenerateDataKey"])):
+        kms = [s for s in document["Statement"] if s["Resource"] == [key_arn]]
+        assert kms and kms[0]["Action"] == actions, document
+    result = runner.invoke(app, ["doctor", *_args(workdir, role), "--json"])
+    assert _rows_of(result)["bucket"]["detail"] == (f"s3://{bucket} in {REGION}, encrypted with KMS key {key} "
+                                                   "(the policies grant its use)")
+    # A role policy without the key: the role may not read the split SageMaker would decrypt for it.
+    standins.policies[role] = {"Version": "2012-10-17", "Statement": [
+        s for s in role_policy["Statement"] if s["Resource"] != [key_arn]]}
+    row = _rows_of(runner.invoke(app, ["doctor", *_args(workdir, role), "--json"]))["role permissions"]
+    assert row["status"] == "fail" and row["detail"].endswith("may not kms:Decrypt, kms:GenerateDataKey")
