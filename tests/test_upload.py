@@ -260,3 +260,42 @@ def test_a_listing_of_more_than_two_pages_without_cuts_reads_to_the_end(s3):
     for key in keys:
         s3.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
     assert [o["Key"] for o in list_objects(s3, s3.bucket, "p/", page_size=3)] == keys
+
+
+def test_transfer_keeps_a_bounded_window_of_futures(tmp_path, monkeypatch):
+    """30,000 files are not 30,000 transfer futures at once: uploads are submitted at most a
+    window ahead of the oldest unfinished one (a stand-in transfer manager counts them)."""
+    import boto3.s3.transfer
+
+    from bincli.data import upload as upload_mod
+
+    class Future:
+        def __init__(self, manager):
+            self.manager = manager
+
+        def result(self):
+            self.manager.open -= 1
+
+    class Manager:
+        open = most = 0
+
+        def __init__(self, client, config):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def upload(self, *args, **kwargs):
+            Manager.open += 1
+            Manager.most = max(Manager.most, Manager.open)
+            return Future(Manager)
+
+    monkeypatch.setattr(boto3.s3.transfer, "create_transfer_manager", Manager)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x")
+    items = [upload_mod.Item(path, f"k/{n}.jpg", 1) for n in range(2000)]
+    assert upload_mod._transfer(None, "b", items, workers=4, progress=False) == {}
+    assert Manager.open == 0 and Manager.most == upload_mod.WINDOW
