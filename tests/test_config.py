@@ -108,6 +108,23 @@ def test_env_error_names_the_variable():
     assert str(exc.value).startswith("env BINCLI_TRAIN__BATCH_SIZE: train.batch_size:")
 
 
+def test_an_env_override_of_a_section_that_is_not_one_is_refused_with_a_suggestion(in_tmp):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, env={"BINCLI_TRAN__EPOCHS": "3"})
+    assert str(exc.value) == "env BINCLI_TRAN__EPOCHS: 'tran' is not a config section; did you mean 'train'?"
+    load_config(None, env={"BINCLI_SHARED": "/somewhere", "BINCLI_INSPECT__PER_CLASS": "4"})  # no __: not ours
+
+
+def test_config_show_takes_every_section(in_tmp):
+    from typer.testing import CliRunner
+
+    from bincli.cli import app
+
+    r = CliRunner().invoke(app, ["config", "show", "--step", "inspect"])
+    assert r.exit_code == 0, r.output
+    assert "inspect.per_class" in r.stdout and "train." not in r.stdout
+
+
 def test_yaml_syntax_error_names_line(tmp_path):
     path = _write(tmp_path, "train:\n  lr: [0.1\n")
     with pytest.raises(ConfigError, match=rf"{path}: line \d+ not valid YAML"):

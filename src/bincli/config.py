@@ -389,7 +389,8 @@ _DEFAULT_ENDPOINT_NAME = {"local": lambda workdir: DeployConfig.model_fields["na
                           "sagemaker": _workspace_endpoint_name}
 
 
-STEPS = ("download", "split", "upload", "train", "tune", "deploy", "predict", "sagemaker")
+# The config's sections (`config show --step`, env overrides BINCLI_<SECTION>__<KEY>).
+STEPS = ("download", "inspect", "split", "upload", "train", "tune", "deploy", "predict", "sagemaker")
 
 
 # ---------------------------------------------------------------- loading
@@ -560,9 +561,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             continue
         key = ".".join(part.lower() for part in var[len(ENV_PREFIX):].split("__"))
         top = key.split(".")[0]
-        if top in Config.model_fields:  # ignore unrelated BINCLI_* variables
+        if top in Config.model_fields:
             out[key] = (_yaml_scalar(value), var)
-    return out
+        elif "." in key:  # BINCLI_<SECTION>__<KEY> with a section that is not one: a typo, not another tool's
+            raise ConfigError(f"env {var}: '{top}' is not a config section{_suggest(top, list(STEPS))}")
+    return out  # other BINCLI_* variables (no __) are not overrides: left alone
 
 
 def _yaml_scalar(text: str) -> Any:
