@@ -307,3 +307,130 @@ def test_an_update_that_stops_waiting_is_finished_by_the_next_deploy(sagemaker_e
     assert not _exists(sm.describe_model, ModelName=first["models"][0])  # the old model went once it was done
     assert _scaling(name) == ([(1, 3)], [300.0])  # registered again
     assert runner.invoke(app, ["teardown", *args]).exit_code == 0
+
+
+# ---------------------------------------------------------------- ownership (issue 28, items 1 and 2)
+def _theirs(sm, role, bucket, name: str) -> None:
+    """Another user's endpoint of `name`: their own model, config and tags."""
+    other = f"theirs-{uuid.uuid4().hex[:8]}"
+    sm.create_model(ModelName=other, ExecutionRoleArn=role,
+                    PrimaryContainer={"Image": "x", "ModelDataUrl": f"s3://{bucket}/x.tar.gz"})
+    sm.create_endpoint_config(EndpointConfigName=other, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": other, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=other, Tags=[{"Key": "bincli:workspace", "Value": "x"}])
+
+
+def _owned_args(tmp_path, tmp_path_factory, bucket, role, name):
+    workdir = tmp_path / "work"
+    State(workdir).record("train", {"model": str(model_tar(tmp_path_factory.getbasetemp()))})
+    return [*_sagemaker_args(workdir, bucket, role), "--set", f"deploy.name={name}"]
+
+
+def test_teardown_leaves_an_endpoint_of_the_recorded_name_that_another_user_made(sagemaker_env, tmp_path,
+                                                                                  tmp_path_factory, in_tmp):
+    _, sm, bucket, role = sagemaker_env
+    name = f"bincli-own-{uuid.uuid4().hex[:8]}"
+    args = _owned_args(tmp_path, tmp_path_factory, bucket, role, name)
+    ours = json.loads(runner.invoke(app, ["deploy", *args, "--json"]).stdout)
+    sm.delete_endpoint(EndpointName=name)  # ours went out of band, and someone took the name
+    _theirs(sm, role, bucket, name)
+
+    result = runner.invoke(app, ["teardown", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"  # theirs: still there
+    out = json.loads(result.stdout)
+    [left] = out["left"]
+    assert left.startswith(f"endpoint {name}, because not ours") and "is not one this workspace's deploy made" in left
+    assert f"warning: left endpoint {name}" in result.stderr
+    assert f"endpoint {name}" not in out["removed"]
+    assert not _exists(sm.describe_model, ModelName=ours["models"][0])  # ours (tagged, recorded): deleted
+    assert not _exists(sm.describe_endpoint_config, EndpointConfigName=ours["endpoint_configs"][0])
+    assert State(tmp_path / "work").outputs("deploy") is None
+    sm.delete_endpoint(EndpointName=name)
+
+
+def _already_exists(make_it: bool):
+    """CreateEndpoint whose answer is lost: the first try made it (`make_it`), the retry hears this."""
+    import boto3
+
+    from aws_standins import refuse
+
+    refusal = refuse("ValidationException", "Cannot create already existing endpoint")
+
+    def handler(params, **kwargs):
+        if make_it and not handler.made:
+            body = json.loads(params["body"])
+            boto3.client("sagemaker").create_endpoint(**body)  # an unhooked client: straight to moto
+            handler.made = True
+        return refusal(params, **kwargs)
+
+    handler.made = False
+    return handler
+
+
+def test_a_lost_create_endpoint_answer_is_ours_when_its_tags_say_so_and_teardown_removes_it(
+        sagemaker_env, tmp_path, tmp_path_factory, in_tmp, monkeypatch):
+    from aws_standins import on_sessions
+
+    _, sm, bucket, role = sagemaker_env
+    name = f"bincli-lost-{uuid.uuid4().hex[:8]}"
+    args = _owned_args(tmp_path, tmp_path_factory, bucket, role, name)
+    on_sessions(monkeypatch, "before-call.sagemaker.CreateEndpoint", _already_exists(make_it=True))
+    result = runner.invoke(app, ["deploy", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "its answer was lost" in result.stderr
+    assert State(tmp_path / "work").outputs("deploy")["endpoint"] == name
+    down = runner.invoke(app, ["teardown", *args])
+    assert down.exit_code == 0, down.output
+    assert not _exists(sm.describe_endpoint, EndpointName=name)
+
+
+def test_create_endpoint_hearing_already_exists_for_another_users_endpoint_records_no_endpoint(
+        sagemaker_env, tmp_path, tmp_path_factory, in_tmp, monkeypatch):
+    from aws_standins import on_sessions
+
+    _, sm, bucket, role = sagemaker_env
+    name = f"bincli-taken-{uuid.uuid4().hex[:8]}"
+    args = _owned_args(tmp_path, tmp_path_factory, bucket, role, name)
+    _theirs(sm, role, bucket, name)
+    theirs = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+    on_sessions(monkeypatch, "before-call.sagemaker.CreateEndpoint", _already_exists(make_it=False))
+    result = runner.invoke(app, ["deploy", *args])
+    assert result.exit_code == 1
+    assert f"endpoint name '{name}' is taken by an endpoint this workspace did not make" in result.output
+    record = State(tmp_path / "work").outputs("deploy")
+    assert "endpoint" not in record and len(record["models"]) == 1
+    down = runner.invoke(app, ["teardown", *args])
+    assert down.exit_code == 0, down.output
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == theirs  # untouched
+    assert not _exists(sm.describe_model, ModelName=record["models"][0])
+    sm.delete_endpoint(EndpointName=name)
+
+
+def test_teardown_confirms_the_endpoint_is_gone_and_keeps_the_record_when_it_is_not(
+        sagemaker_env, tmp_path, tmp_path_factory, in_tmp, monkeypatch):
+    from botocore.awsrequest import AWSResponse
+
+    from aws_standins import on_sessions
+
+    _, sm, bucket, role = sagemaker_env
+    name = f"bincli-stays-{uuid.uuid4().hex[:8]}"
+    args = _owned_args(tmp_path, tmp_path_factory, bucket, role, name)
+    assert runner.invoke(app, ["deploy", *args]).exit_code == 0
+    ignored = {"on": True}
+
+    def accepted_but_not_done(**_):  # DeleteEndpoint says yes; the endpoint stays InService
+        if ignored["on"]:
+            return AWSResponse("http://standin", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+        return None
+
+    on_sessions(monkeypatch, "before-call.sagemaker.DeleteEndpoint", accepted_but_not_done)
+    quick = [*args, "--set", "sagemaker.delete_timeout_minutes=0.002"]
+    result = runner.invoke(app, ["teardown", *quick])
+    assert result.exit_code == 1
+    assert f"endpoint {name} is still InService" in result.output and "not confirmed" in result.output
+    assert State(tmp_path / "work").outputs("deploy")["endpoint"] == name  # teardown can be run again
+    ignored["on"] = False
+    again = runner.invoke(app, ["teardown", *quick])
+    assert again.exit_code == 0, again.output
+    assert not _exists(sm.describe_endpoint, EndpointName=name)

@@ -326,6 +326,7 @@ class SageMakerConfig(Section):
     inference_image: str | None = None
     inference_framework_version: str = "2.6"
     deploy_timeout_minutes: int = Field(30, ge=1, le=24 * 60)
+    delete_timeout_minutes: float = Field(15, gt=0, le=24 * 60)
     # USD per instance-hour by instance type, replacing backends/sagemaker/pricing.py's dated table.
     prices: dict[InstanceType, Annotated[float, Field(ge=0)]] | None = None
     # train, tune, deploy and pipeline check credentials, role, rights, quotas and images first (bincli doctor).

@@ -24,6 +24,7 @@ from typing import Any
 from bincli.backends.records import recorded_endpoint
 from bincli.backends.sagemaker import scaling
 from bincli.backends.sagemaker.session import (
+    WORKSPACE_TAG,
     artifacts_location,
     aws_error,
     boto_session,
@@ -145,17 +146,67 @@ def _create(cfg: Config, state: State, model: Path | None) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         _, config_name = model_and_config(cfg, sm, state, record, role, image, model_s3, instance_count(cfg, None))
-        sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name,
-                           Tags=resource_tags(cfg.workdir, "deploy"))
-        record["endpoint"] = name
-        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
     except BincliError:
         raise
     except Exception as exc:
         raise aws_error(exc, f"creating endpoint '{name}'") from None
+    _create_endpoint(cfg, state, record, sm, config_name)
     err.print(f"creating endpoint '{name}' ({capacity(record)}); this takes a few minutes", markup=False,
               soft_wrap=True)
     return _in_service(cfg, state, record, sm, aas, "created")
+
+
+def _create_endpoint(cfg: Config, state: State, record: dict[str, Any], sm: Any, config_name: str) -> None:
+    """CreateEndpoint, its name recorded first: a call whose answer is lost (the endpoint made, bincli
+    not told) leaves it recorded for teardown, which checks it is ours before deleting it. A retry
+    that hears "already exists" goes on with it where it carries this workspace's tag and config."""
+    name = record["name"]
+    record["endpoint"] = name
+    state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+    try:
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=config_name,
+                           Tags=resource_tags(cfg.workdir, "deploy"))
+        return
+    except Exception as exc:
+        error, failed = exc, _refused(exc)
+    if failed and _already_exists(error):
+        if _made_by_us(sm, name, config_name, record["workspace"]):
+            err.print(f"endpoint '{name}' already exists with this deploy's config and tag: an earlier try of "
+                      "this request made it (its answer was lost); going on with it", markup=False, soft_wrap=True)
+            return
+        record.pop("endpoint")
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+        raise BincliError(f"endpoint name '{name}' is taken by an endpoint this workspace did not make "
+                          f"(no {WORKSPACE_TAG}={record['workspace']} and config {config_name})",
+                          hint="--endpoint another-name; 'bincli teardown' removes the model and config "
+                               "this deploy made") from None
+    if failed:  # SageMaker answered no: nothing was made
+        record.pop("endpoint")
+        state.record("deploy", record, cfg.deploy.model_dump(mode="json"))
+    raise aws_error(error, f"creating endpoint '{name}'") from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """SageMaker answered (an error reply), as opposed to a call whose outcome is unknown."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError)
+
+
+def _already_exists(exc: BaseException) -> bool:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return error.get("Code") == "ValidationException" and "already exist" in error.get("Message", "")
+
+
+def _made_by_us(sm: Any, name: str, config_name: str, workspace: str) -> bool:
+    """The endpoint of that name runs the config just made and carries this workspace's tag."""
+    try:
+        desc = sm.describe_endpoint(EndpointName=name)
+        tags = sm.list_tags(ResourceArn=desc["EndpointArn"]).get("Tags", [])
+    except Exception as exc:
+        raise aws_error(exc, f"checking endpoint '{name}', which already exists") from None
+    tagged = any(t.get("Key") == WORKSPACE_TAG and t.get("Value") == workspace for t in tags)
+    return tagged and desc.get("EndpointConfigName") == config_name
 
 
 def _unfinished(record: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ everything else was tried, and the record stays so that teardown can be run agai
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from bincli.backends.records import nothing_to_remove, recorded_endpoint
@@ -36,22 +37,87 @@ log = logging.getLogger("bincli.teardown")
 
 
 def teardown_sagemaker(cfg: Config, name: str | None = None) -> dict[str, Any]:
-    """Delete what deploy recorded (scaling, endpoint, configs, models); nothing else."""
+    """Delete what deploy recorded (scaling, endpoint, configs, models) and can be shown to be ours
+    still (a name may have been taken by someone else since ours went); nothing else."""
     state = State(cfg.workdir)
     record = recorded_endpoint(state, name, backend="sagemaker")
     if record is None:
         return nothing_to_remove(cfg.workdir, name)
     sm, aas = clients(cfg, record.get("region"))
+    values = _workspace_values(cfg, record)
     removed: list[str] = []
     left: list[str] = []
+    configs = record.get("endpoint_configs", [])
+    endpoint = record.get("endpoint")
+    ours = _endpoint_ours(sm, endpoint, configs, values, left) if endpoint else None
     plan = record.get("autoscaling")
-    if plan:  # registered or not: a deploy killed mid-way may have registered it without saying so
+    if plan and ours is not False:  # another's endpoint of that name has its own scalable target
         removed += _deregister(aas, plan["resource_id"], [plan["policy"]], left)
-    removed += _delete_all(sm, [record["endpoint"]] if record.get("endpoint") else [],
-                           record.get("endpoint_configs", []), record.get("models", []))
+    configs = [n for n in configs if _ours(sm, "endpoint config", n, values, left)]
+    models = [n for n in record.get("models", []) if _ours(sm, "model", n, values, left)]
+    removed += _delete_all(sm, [endpoint] if ours else [], configs, models, _wait(cfg))
     state.forget("deploy")
     removed.append("state record 'deploy'")
-    return _result(record["name"], removed, left, f"removed endpoint '{record['name']}'")
+    return _result(record["name"], removed, left, f"removed endpoint '{record['name']}'" if ours else
+                   f"removed what deploy '{record['name']}' recorded")
+
+
+def _wait(cfg: Config) -> tuple[float, float]:
+    """(poll, timeout) seconds for confirming an endpoint's deletion."""
+    return cfg.sagemaker.poll_seconds, cfg.sagemaker.delete_timeout_minutes * 60
+
+
+def _endpoint_ours(sm: Any, name: str, configs: list[str], values: list[str], left: list[str]) -> bool | None:
+    """Whether the endpoint named `name` now is the one deploy made: its config is one the record
+    names and its tags (where readable) carry this workspace. None when there is none of that name."""
+    try:
+        desc = sm.describe_endpoint(EndpointName=name)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise aws_error(exc, f"SageMaker DescribeEndpoint of '{name}'") from None
+    why = []
+    if desc["EndpointConfigName"] not in configs:
+        why.append(f"its endpoint config {desc['EndpointConfigName']} is not one this workspace's deploy made")
+    tags = _tags(sm, desc["EndpointArn"])
+    if tags is not None and not _tagged(tags, values):
+        why.append(f"it does not carry {WORKSPACE_TAG}={values[0]}")
+    if why:
+        left.append(_leave(f"endpoint {name}", "not ours: " + " and ".join(why)))
+    return not why
+
+
+_DESCRIBE = {"endpoint config": ("describe_endpoint_config", "EndpointConfigName", "EndpointConfigArn"),
+             "model": ("describe_model", "ModelName", "ModelArn")}
+
+
+def _ours(sm: Any, kind: str, name: str, values: list[str], left: list[str]) -> bool:
+    """A recorded model or endpoint config is deleted only while its tags (where readable) carry this
+    workspace: one that is gone is skipped, one of that name made since by someone else is left."""
+    call, key, arn_key = _DESCRIBE[kind]
+    try:
+        arn = getattr(sm, call)(**{key: name})[arn_key]
+    except Exception as exc:
+        if is_not_found(exc):
+            return False
+        raise aws_error(exc, f"SageMaker {call} of '{name}'") from None
+    tags = _tags(sm, arn)
+    if tags is None or _tagged(tags, values):  # unreadable tags: its recorded name is the evidence
+        return True
+    left.append(_leave(f"{kind} {name}", f"not ours: it does not carry {WORKSPACE_TAG}={values[0]}"))
+    return False
+
+
+def _tags(sm: Any, arn: str) -> list[dict[str, str]] | None:
+    try:
+        return sm.list_tags(ResourceArn=arn).get("Tags", [])
+    except Exception as exc:
+        log.debug("tags of %s not readable (%s)", arn, exc)
+        return None
+
+
+def _tagged(tags: list[dict[str, str]], values: list[str]) -> bool:
+    return any(t.get("Key") == WORKSPACE_TAG and t.get("Value") in values for t in tags)
 
 
 def teardown_tagged(cfg: Config) -> dict[str, Any]:
@@ -72,7 +138,7 @@ def teardown_tagged(cfg: Config) -> dict[str, Any]:
     removed = list(first["removed"])
     for endpoint in found["endpoint"]:
         removed += _deregister(aas, scaling.resource_id(endpoint), None, left)
-    removed += _delete_all(sm, found["endpoint"], found["endpoint config"], found["model"])
+    removed += _delete_all(sm, found["endpoint"], found["endpoint config"], found["model"], _wait(cfg))
     removed += stop_transform(cfg)  # a batch job (predict s3://) still running bills too
     region = sm.meta.region_name
     what = f"{len(removed)} resource(s)" if removed else "nothing"
@@ -144,29 +210,53 @@ def _carries(sm: Any, arn: str, values: list[str], left: list[str], what: str) -
         if not is_not_found(exc):  # deleted since it was listed: not ours to report
             left.append(_warn(f"{what} (tags not readable, not checked)", exc, "SageMaker ListTags"))
         return False
-    return any(t["Key"] == WORKSPACE_TAG and t["Value"] in values for t in tags)
+    return _tagged(tags, values)
 
 
-def _delete_all(sm: Any, endpoints: list[str], configs: list[str], models: list[str]) -> list[str]:
-    """Delete each (endpoints first: they bill); go on past a failure, then raise one error naming
-    what is left."""
+def _delete_all(sm: Any, endpoints: list[str], configs: list[str], models: list[str],
+                wait: tuple[float, float]) -> list[str]:
+    """Delete each (endpoints first: they bill), then confirm each endpoint is gone (DeleteEndpoint
+    only starts it); go on past a failure, then raise one error naming what is left."""
     steps = [("endpoint", sm.delete_endpoint, "EndpointName", n) for n in endpoints]
     steps += [("endpoint config", sm.delete_endpoint_config, "EndpointConfigName", n) for n in configs]
     steps += [("model", sm.delete_model, "ModelName", n) for n in models]
     removed, failed = [], []
+    deleting = []
     for kind, delete, key, n in steps:
         try:
             delete(**{key: n})
-            removed.append(f"{kind} {n}")
+            (deleting if kind == "endpoint" else removed).append(f"{kind} {n}")
         except Exception as exc:
             if not is_not_found(exc):
                 failed.append(aws_error(exc, f"deleting {kind} {n}").message)
+    for entry in deleting:
+        still = _still_there(sm, entry.removeprefix("endpoint "), *wait)
+        if still:
+            failed.append(f"endpoint {entry.removeprefix('endpoint ')} is still {still} "
+                          f"{wait[1]:.0f} s after DeleteEndpoint: its deletion is not confirmed, and it may bill")
+        else:
+            removed.insert(0, entry)
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         done = f"; removed {', '.join(removed)}" if removed else ""
         raise BincliError(f"{failed[0]}{more}{done}",
                           hint="fix the cause, then run 'bincli teardown' again: it removes only what is left")
     return removed
+
+
+def _still_there(sm: Any, name: str, poll: float, timeout: float) -> str | None:
+    """Describe the endpoint until it is gone (None) or `timeout` passes (its last status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = sm.describe_endpoint(EndpointName=name)["EndpointStatus"]
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            status = f"unconfirmed ({aws_error(exc, 'SageMaker DescribeEndpoint').message})"
+        if time.monotonic() >= deadline:
+            return status
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0)))  # polling a remote API
 
 
 def _deregister(aas: Any, rid: str, policies: list[str] | None, left: list[str]) -> list[str]:
@@ -186,6 +276,13 @@ def _warn(what: str, exc: BaseException, service: str, hint: str | None = None) 
     entry = f"{what}, because {aws_error(exc, service).message}"
     err.print(f"warning: left {entry}" + (f" (remove it with: {hint})" if hint else ""), markup=False,
               soft_wrap=True)
+    return entry
+
+
+def _leave(what: str, why: str) -> str:
+    """One warning line on stderr for a resource left alone; returns the 'left' entry."""
+    entry = f"{what}, because {why}"
+    err.print(f"warning: left {entry}", markup=False, soft_wrap=True)
     return entry
 
 
