@@ -24,9 +24,11 @@ from bincli.data.upload import run_upload
 from sagemaker_container import Host, finish_job, start_job
 from train_blobs import make_split, record_split
 
-pytestmark = pytest.mark.slow
-TIMEOUT = 5  # the collective timeout the jobs here run with (BINCLI_COLLECTIVE_TIMEOUT), seconds
-ENV = {"OMP_NUM_THREADS": "1", "BINCLI_COLLECTIVE_TIMEOUT": str(TIMEOUT)}
+# The collective timeout (BINCLI_COLLECTIVE_TIMEOUT, seconds) of the lost-host test: a little more than
+# the two hosts' workers may start apart on a busy machine (joining the group waits as long). The other
+# jobs get a long one: rank 0 alone writes checkpoints and the model while the others wait.
+TIMEOUT = 10
+ENV = {"OMP_NUM_THREADS": "1", "BINCLI_COLLECTIVE_TIMEOUT": "120"}
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +154,19 @@ def test_two_hosts_train_as_one_group_resume_after_spot_and_only_the_first_write
 def test_a_lost_host_fails_the_job_on_both_with_one_error_within_the_collective_timeout(workspace, tmp_path):
     """algo-2 stops answering mid-epoch without closing anything (SIGSTOP to all of its processes: a
     hung or vanished instance). algo-1 fails when the collective timeout runs out; let go again,
-    algo-2 fails too, its peer gone (what a host whose peer died sees: the connection closed)."""
+    algo-2 fails too, its peer gone. (A host whose peer dies outright sees its connections reset at once.)"""
     import time
 
     _, s3, sm, _ = workspace
     job_name = _job(workspace, nproc=1, epochs=50)
-    first, second = start_job(sm, s3, job_name, tmp_path / "job", env=ENV)
+    env = {**ENV, "BINCLI_COLLECTIVE_TIMEOUT": str(TIMEOUT)}
+    first, second = start_job(sm, s3, job_name, tmp_path / "job", env=env)
     try:
         first.wait_for("on every rank; epoch 1:", timeout=240)  # all ranks joined; epoch 1 starts
         second.kill(signal.SIGSTOP)
         lost_at = time.monotonic()
         assert first.wait(timeout=TIMEOUT + 60) != 0, first.text()[-3000:]
-        assert TIMEOUT <= time.monotonic() - lost_at < TIMEOUT + 60
+        took = time.monotonic() - lost_at  # the timeout, and torchrun's and the driver's exits
         second.kill(signal.SIGCONT)
         finish_job(sm, s3, job_name, [first, second], timeout=60)
     finally:
@@ -176,7 +179,27 @@ def test_a_lost_host_fails_the_job_on_both_with_one_error_within_the_collective_
         assert f"(collective timeout {TIMEOUT} s)" in errors[0]
         # The job's failure file (SageMaker's FailureReason) is that line, not the driver's traceback.
         assert (host.base / "output" / "failure").read_text().startswith("lost contact with the other ranks")
-    assert "Timed out" in first.text() and "Connection closed" in second.text()
+    # algo-1 gave up on a collective at the timeout: its peer was alive, only silent.
+    assert f"Timed out waiting {TIMEOUT * 1000}ms" in first.text() and took < TIMEOUT + 60
+
+
+def test_ranks_together_take_the_batches_one_process_takes_with_the_same_global_batch():
+    """Why the weights are compared with one host running the same 4 ranks, not with one process of
+    batch 8: the samplers agree (step k of the 4 ranks together is step k of the one process, the
+    same 8 photos), but each rank normalises BatchNorm over its own 2 photos and draws its own
+    augmentations (seed + rank), so one process of batch 8 trains differently by design."""
+    from bincli.core.data import TrainSampler
+
+    def epoch_1(rank: int, world: int) -> list[int]:
+        sampler = TrainSampler(n, rank, world, seed=0)
+        sampler.set_epoch(1)
+        return list(sampler)
+
+    n, world, per_rank = 36, 4, 2
+    one, ranks = epoch_1(0, 1), [epoch_1(r, world) for r in range(world)]
+    for step in range(n // (world * per_rank)):
+        together = sorted(i for r in ranks for i in r[step * per_rank:(step + 1) * per_rank])
+        assert together == sorted(one[step * world * per_rank:(step + 1) * world * per_rank])
 
 
 def test_input_mode_goes_to_each_data_channel(workspace):
