@@ -127,11 +127,18 @@ def test_off_a_terminal_the_step_is_shown_at_most_every_interval():
             now[0] = t
             progress.line(f"progress epoch=1 step={step}/6 step_loss=1.5 step_acc=0.25 step_img_s=40.0\n")
     shown = [line for line in console.export_text().splitlines() if "step " in line]
-    assert shown == ["epoch 1/3  step 2/6 (33%)  loss 1.5000 acc 0.250  40.0 img/s",
-                     "epoch 1/3  step 4/6 (67%)  loss 1.5000 acc 0.250  40.0 img/s"]
+    assert shown == ["step 2/6 of epoch 1/3 (33%)  loss 1.5000 acc 0.250  40.0 img/s",
+                     "step 4/6 of epoch 1/3 (67%)  loss 1.5000 acc 0.250  40.0 img/s"]
 
 
 # ---------------------------------------------------------------- end to end
+def test_resume_with_training_flags_is_refused_not_ignored(in_tmp):
+    result = runner.invoke(app, ["train", "-w", "w", "--resume", "train1", "--epochs", "10", "--lr", "0.01"])
+    assert result.exit_code == 2
+    assert "--resume train1 continues that run with the settings it started with; --epochs, --lr would change" \
+        in result.stderr and "train without --resume" in result.stderr
+
+
 def test_train_needs_a_split(in_tmp):
     result = runner.invoke(app, ["train", "-w", "w"])
     assert result.exit_code == 1

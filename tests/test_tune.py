@@ -112,7 +112,7 @@ def test_a_trial_shows_its_steps_and_epochs_as_they_come(tmp_path):
     on_line(format_progress_line(1, 3, 6, 1.25, 0.5, 40.0))
     on_line(format_epoch_line(1, {"train_loss": 1.0, "train_acc": 0.4, "valid_loss": 0.9, "valid_acc": 0.4}))
     lines = shown.getvalue().splitlines()
-    assert lines[0] == "trial 7: epoch 1/3  step 3/6 (50%)  loss 1.2500 acc 0.500  40.0 img/s"
+    assert lines[0] == "trial 7: step 3/6 of epoch 1/3 (50%)  loss 1.2500 acc 0.500  40.0 img/s"
     assert lines[1].startswith("trial 7: epoch 1/3  |  train loss 1.0000 acc 0.400  |  valid loss 0.9000")
 
 

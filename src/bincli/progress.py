@@ -214,7 +214,8 @@ PLAIN_INTERVAL_S = 15.0  # not a terminal: a training's progress line at most th
 def step_summary(prog: Mapping[str, float], epochs: int) -> str:
     """A `progress ...` line of the entry point, for people: where the epoch is, and how it goes."""
     step, steps = int(prog["step"]), int(prog["steps"])
-    return (f"epoch {int(prog['epoch'])}/{epochs}  step {step}/{steps} ({100 * step / max(steps, 1):.0f}%)  "
+    # Not "epoch ...": lines that start so are the epochs' summaries, which scripts pick out.
+    return (f"step {step}/{steps} of epoch {int(prog['epoch'])}/{epochs} ({100 * step / max(steps, 1):.0f}%)  "
             f"loss {prog['loss']:.4f} acc {prog['acc']:.3f}  {prog['img_s']:.1f} img/s")
 
 
