@@ -25,7 +25,7 @@ from rich.console import Console
 from bincli.backends.local.launcher import _public_reason, show_child_line
 from bincli.backends.local.tuner import SEARCH_FILE, _set_aside_other_search
 from bincli.config import Config, TrainConfig
-from bincli.errors import UsageError
+from bincli.errors import ConfigError, UsageError
 from bincli.progress import TrainProgress
 from bincli.state import State
 from bincli.steps import runs
@@ -261,3 +261,22 @@ def test_evaluate_writes_into_the_run_of_the_model_and_names_its_sha(work):
     assert not (work / "report" / "evaluate-test").exists()
     with pytest.raises(UsageError, match="--run nope: no finished run"):
         run_evaluate(_cfg(work), "test", run="nope")
+
+
+@pytest.mark.parametrize("name", ["ok\n", "ok\r", "a\nb", "", "-x", "x" * 65])
+def test_a_run_name_with_a_newline_or_outside_the_alphabet_is_refused(name):
+    from bincli.steps.runs import check_name
+
+    with pytest.raises(UsageError, match="--run-name"):
+        check_name(name)
+    assert check_name("run-1.b_2") == "run-1.b_2"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_train_that_fails_before_training_leaves_no_empty_run(tmp_path):
+    record_split(tmp_path, make_split(tmp_path / "split", {"train": 2, "valid": 1, "test": 1}, "1-5", size=32))
+    cfg = Config(workdir=tmp_path, train=TrainConfig(device="cuda", epochs=1))
+    with pytest.raises(ConfigError, match="train.device: cuda"):
+        run_train(cfg, console=Console(file=io.StringIO()))
+    assert runs.list_runs(tmp_path) == []  # not train1 holding only its config.yaml
+    assert not (tmp_path / "runs" / "train1").exists()

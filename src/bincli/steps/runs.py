@@ -37,7 +37,7 @@ from bincli.layout import (
 # still continues the same run (the entry point lets them change on resume).
 OPERATIONAL = frozenset({"workers", "cache"})
 LATEST = "last"  # --resume last: the run used most recently
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would let a final newline through
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,15 @@ def write_config(run: Run, train_cfg: Mapping[str, Any], hp: Mapping[str, Any], 
     run.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, f"# bincli {__version__}: the resolved train config of run {run.name}\n{body}")
     return path
+
+
+def discard_unstarted(run: Run) -> bool:
+    """A new run whose training never started (its folder holds only config.yaml) is removed, so a
+    failed command leaves no empty run behind and the next run takes its name. True if removed."""
+    if run.existed or not run.dir.is_dir() or {p.name for p in run.dir.iterdir()} != {RUN_CONFIG}:
+        return False
+    shutil.rmtree(run.dir, ignore_errors=True)
+    return True
 
 
 def clear_outputs(path: Path) -> None:

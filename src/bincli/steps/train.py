@@ -70,8 +70,12 @@ def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait
     if chosen.existed and not fresh:
         (console or err).print(f"run {chosen.name} ({chosen.dir}) has these settings: continuing it",
                                markup=False, highlight=False, soft_wrap=True)
-    run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err, live=live,
-                        run_dir=chosen.dir)
+    try:
+        run = backend.train(hp, split, from_tune=from_tune, fresh=fresh, wait=wait, console=console or err,
+                            live=live, run_dir=chosen.dir)
+    except BaseException:
+        runs.discard_unstarted(chosen)
+        raise
     if run.pending is not None:
         return {**run.pending, "run": chosen.name, "run_dir": str(chosen.dir), "waiting": False}
     return {**finish_training(state, cfg.train, hp, run.run_dir, workdir, split, publish=run.publish,
