@@ -168,3 +168,12 @@ def test_tune_before_split_says_what_to_run(tmp_path, in_tmp):
     result = runner.invoke(app, ["tune", "-w", str(tmp_path / "w")])
     assert result.exit_code == 1
     assert "run 'bincli split' first" in result.stderr
+
+
+def test_the_best_trial_is_shown_rounded(capsys):
+    from bincli.commands.tune import _render
+
+    _render({"complete": 2, "pruned": 0, "failed": 0, "best_trial": 1, "objective": "valid_loss",
+             "best_value": 1.23456, "best_hyperparameters": {"lr": 0.0019578897201213002, "batch_size": 32},
+             "results": "tune/tune-results.csv"})
+    assert "best: trial 1 valid_loss=1.2346 lr=0.001958 batch_size=32" in capsys.readouterr().out

@@ -77,7 +77,9 @@ def _render(result: dict[str, Any]) -> None:
         return
     out.print(f"{result['complete']} trial(s) complete, {result['pruned']} pruned, {result['failed']} failed",
               markup=False)
-    best = " ".join(f"{k}={v}" for k, v in result["best_hyperparameters"].items())
+    # Rounded for people (lr=0.001958, not 0.0019578897201213002); --json and the state keep every digit.
+    best = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in result["best_hyperparameters"].items())
     out.print(f"best: trial {result['best_trial']} {result['objective']}={result['best_value']:.4f} {best}",
               markup=False)
     out.print(f"results: {result['results']}", markup=False, soft_wrap=True)
