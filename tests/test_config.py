@@ -172,3 +172,16 @@ def test_a_framework_version_without_an_image_that_runs_the_core_is_refused_at_l
     # A given image is used as it is: its version is not looked up.
     loaded = load_config(_write(tmp_path, f"sagemaker:\n  {key}: '{value}'\n  {image_key}: 1.dkr.ecr/x:1\n"), env={})
     assert getattr(loaded.config.sagemaker, key) == value
+
+
+def test_a_config_that_is_not_a_regular_file_says_so_without_opening_it(tmp_path):
+    import os
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    for path, kind in ((Path("/dev/zero"), "a device or socket"), (fifo, "a FIFO"), (tmp_path, "a directory")):
+        with pytest.raises(ConfigError, match=rf"{path}: not a regular file \({kind}\)"):
+            load_config(path, env={})
+    big = _write(tmp_path, "# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match="a config file is at most"):
+        load_config(big, env={})

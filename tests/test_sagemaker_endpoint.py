@@ -434,3 +434,24 @@ def test_teardown_confirms_the_endpoint_is_gone_and_keeps_the_record_when_it_is_
     again = runner.invoke(app, ["teardown", *quick])
     assert again.exit_code == 0, again.output
     assert not _exists(sm.describe_endpoint, EndpointName=name)
+
+
+def test_deploy_refuses_a_model_bucket_in_another_region_before_creating_anything(sagemaker_env, tmp_path,
+                                                                                   tmp_path_factory, in_tmp):
+    import boto3
+
+    s3, sm, _, role = sagemaker_env
+    far = f"bincli-far-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
+        Bucket=far, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    name = f"bincli-far-{uuid.uuid4().hex[:8]}"
+    for record in ({"model": str(model_tar(tmp_path_factory.getbasetemp()))},  # uploaded by deploy
+                   {"model_s3": f"s3://{far}/train/model.tar.gz"}):  # train's, in S3
+        workdir = tmp_path / "work"
+        State(workdir).record("train", record)
+        result = runner.invoke(app, ["deploy", *_sagemaker_args(workdir, far, role), "--set", f"deploy.name={name}"])
+        assert result.exit_code == 2, result.output
+        assert f"s3://{far} is in eu-west-1 but sagemaker.region is us-east-1" in result.output
+        assert State(workdir).outputs("deploy") is None
+        assert not [m for m in sm.list_models()["Models"] if m["ModelName"].startswith(name)]
+    assert s3.list_objects_v2(Bucket=far).get("KeyCount", 0) == 0  # nothing uploaded there either

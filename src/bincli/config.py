@@ -478,9 +478,21 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; more is a mistake (or a hostile file)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found", hint="pass -c FILE or set BINCLI_CONFIG")
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # checked without opening: a FIFO would block, /dev/zero never end
+    except OSError:
+        raise ConfigError(f"{path}: config file not found", hint="pass -c FILE or set BINCLI_CONFIG") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ConfigError(f"{path}: not a regular file ({kind}); expected a YAML config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -17,6 +17,7 @@ from bincli.core.contract import JSON_CONTENT_TYPE
 from bincli.errors import BincliError, StateError
 
 LOCAL_REGION = "us-east-1"  # botocore needs a region to build a client; a local endpoint ignores it
+MAX_ANSWER_BYTES = 1 << 20  # one photo's answer is ~300 bytes; an endless or huge body stops here
 
 
 class RuntimeClient(Protocol):
@@ -51,6 +52,38 @@ def runtime_error(where: str, code: str, message: str, original_status: Any = No
     return BincliError(f"endpoint {where}: {code}: {message}")
 
 
+def read_answer(read: Any, deadline: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """An answer's body through `read(n)`, at most `limit` bytes and until `deadline` (monotonic):
+    an endless, huge or trickling body is one refused photo, not memory or a hang."""
+    import time
+
+    chunks, size = [], 0
+    while True:
+        chunk = read(min(65536, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PredictError(None, f"endpoint's answer is over {limit // 1024} KB; not read further")
+        if time.monotonic() > deadline:
+            raise PredictError(None, "the answer did not end within the timeout (predict.timeout)")
+
+
+def decode_answer(payload: bytes, content_type: str | None) -> dict[str, Any]:
+    """The answer's JSON, checked to have the handler's shape (core/counting.answer_problem)."""
+    from bincli.core.counting import answer_problem
+
+    try:
+        answer = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise PredictError(None, f"endpoint answered {content_type}, not JSON") from None
+    problem = answer_problem(answer)
+    if problem:
+        raise PredictError(None, f"endpoint's answer is not a count: {problem}")
+    return answer
+
+
 class EndpointPredictor:
     """invoke_endpoint through boto3's sagemaker-runtime client (thread-safe)."""
 
@@ -61,7 +94,7 @@ class EndpointPredictor:
         import botocore
         from botocore.config import Config as BotoConfig
 
-        self.name, self.url = name, url
+        self.name, self.url, self.timeout = name, url, timeout
         self.where = f"'{name}'" + (f" at {url}" if url else "")
         self.max_payload, self.limit_of = max_payload, limit_of
         config = BotoConfig(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
@@ -73,6 +106,8 @@ class EndpointPredictor:
                                      region_name=region or session.region_name or (None if signed else LOCAL_REGION))
 
     def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
+        import time
+
         from botocore.exceptions import (
             ClientError,
             ConnectionError,
@@ -100,11 +135,15 @@ class EndpointPredictor:
         except (ConnectionError, HTTPClientError) as exc:
             raise BincliError(f"cannot reach endpoint {self.where}: {exc}",
                               hint="is it running? 'bincli status' shows it; 'bincli deploy' starts it") from None
-        payload = resp["Body"].read()
         try:
-            return json.loads(payload)
-        except ValueError:
-            raise PredictError(None, f"endpoint answered {resp.get('ContentType')}, not JSON") from None
+            stream = resp["Body"]
+            # read1 (urllib3 2): what has come, so a trickle meets the deadline; read(n) waits for n bytes
+            payload = read_answer(getattr(stream._raw_stream, "read1", stream.read), time.monotonic() + self.timeout)
+        except ReadTimeoutError:
+            raise PredictError(None, "no answer within the timeout (predict.timeout)") from None
+        finally:
+            resp["Body"].close()
+        return decode_answer(payload, resp.get("ContentType"))
 
     def close(self) -> None:
         self.client.close()

@@ -24,6 +24,7 @@ numpy's 0.17 s import); numpy is imported inside the functions that work over ma
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +175,30 @@ def describe_answer(probabilities: Mapping[str, float], level: float = DEFAULT_R
     """describe() from an answer's {"label": probability} (what a client holds)."""
     labels = list(probabilities)
     return describe([float(probabilities[k]) for k in labels], counts_of_labels(labels), level)
+
+
+# ---------------------------------------------------------------- an answer's shape
+_LABEL = re.compile(r"^\d{1,6}\+?\Z")
+
+
+def answer_problem(answer: Any) -> str | None:
+    """Why `answer` is not one photo's answer as the handler makes it (describe(): a "count" and
+    "probabilities" {label: p} over labels "0".."4", "5+"), or None. Clients check an endpoint's
+    answers with it before decoding them (anything else is one failed photo, never a traceback)."""
+    if not isinstance(answer, dict):
+        return f"expected a JSON object, got {type(answer).__name__}"
+    probs = answer.get("probabilities")
+    if not isinstance(probs, dict) or not probs:
+        return "expected 'probabilities' to be a non-empty object of label: probability"
+    for label, p in probs.items():
+        if not _LABEL.match(label):
+            return f"probabilities: label {label[:20]!r} is not a count (expected e.g. '3' or '5+')"
+        if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p) or not 0 <= p <= 1:
+            return f"probabilities[{label!r}] is {str(p)[:20]}; expected a number in [0, 1]"
+    count = answer.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return f"'count' is {str(count)[:20]}; expected a whole number >= 0"
+    return None
 
 
 # ---------------------------------------------------------------- order checks

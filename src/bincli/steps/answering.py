@@ -15,6 +15,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from bincli.core.contract import MAX_PAYLOAD_BYTES
+
 BATCH_SIZE = 16  # in-process: photos per forward pass
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
@@ -35,12 +37,15 @@ def answers(predictor: Any, paths: Sequence[Path], concurrency: int = 8) -> Iter
 def _remote(predictor: Any, paths: Sequence[Path], concurrency: int) -> Iterator[tuple[int, dict[str, Any]]]:
     from bincli.backends.runtime import PredictError
 
+    limit = getattr(predictor, "max_payload", None) or MAX_PAYLOAD_BYTES
+    of = getattr(predictor, "limit_of", "the endpoint")
+
     def one(path: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            body = path.read_bytes()
-        except OSError as exc:
-            return {"error": f"cannot read: {exc.strerror}", "status": None}
+            body = read_photo(path, limit, of)
+        except PhotoRefused as exc:
+            return {"error": exc.message, "status": exc.status}
         try:
             answer = predictor.invoke(body, content_type_for(path))
         except PredictError as exc:
@@ -77,17 +82,45 @@ def _in_process(predictor: Any, paths: Sequence[Path]) -> Iterator[tuple[int, di
         images, slots = [], []
         for i in range(start, min(start + BATCH_SIZE, len(paths))):
             try:
-                images.append(inference.input_fn(paths[i].read_bytes(), content_type_for(paths[i])))
+                body = read_photo(paths[i], MAX_PAYLOAD_BYTES, "an endpoint")
+                images.append(inference.input_fn(body, content_type_for(paths[i])))
                 slots.append(i)
             except inference.InferenceError as exc:
                 yield i, {"error": exc.message, "status": exc.status_code}
-            except OSError as exc:
-                yield i, {"error": f"cannot read: {exc.strerror}", "status": None}
+            except PhotoRefused as exc:
+                yield i, {"error": exc.message, "status": exc.status}
         if images:
             batch = inference.predict_fn(images, predictor.model)
             ms = _ms_since(t0) / len(images)
             for i, answer in zip(slots, batch, strict=True):
                 yield i, {**answer, "ms": round(ms, 1)}
+
+
+class PhotoRefused(Exception):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def read_photo(path: Path, limit: int, of: str) -> bytes:
+    """The photo's bytes, refused without reading it whole when it is over `limit` (what an endpoint
+    takes per request) or not a regular file (a FIFO or a device would block or never end)."""
+    import stat
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise PhotoRefused("not a regular file; not read")
+        if st.st_size > limit:
+            raise PhotoRefused(f"{st.st_size / 2**20:.1f} MB is over the {limit / 2**20:g} MB per request of "
+                               f"{of}; not sent (resize or recompress the photo)", 413)
+        with path.open("rb") as f:
+            body = f.read(limit + 1)  # it may have grown since stat
+    except OSError as exc:
+        raise PhotoRefused(f"cannot read: {exc.strerror}") from None
+    if len(body) > limit:
+        raise PhotoRefused(f"over the {limit / 2**20:g} MB per request of {of}; not sent", 413)
+    return body
 
 
 def _ms_since(t0: float) -> float:

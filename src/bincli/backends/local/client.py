@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from bincli.backends.runtime import PredictError, runtime_error
+from bincli.backends.runtime import PredictError, decode_answer, read_answer, runtime_error
 from bincli.core.contract import JSON_CONTENT_TYPE
 from bincli.errors import BincliError
 
@@ -85,6 +85,7 @@ class LocalEndpointClient:
             conn, generation = self._take(fresh)
             reused = conn.sock is not None
             connected = reused
+            resp = None
             try:
                 if not reused:  # a timeout here is "cannot reach", not a slow answer
                     conn.connect()
@@ -93,8 +94,11 @@ class LocalEndpointClient:
                 conn.request("POST", self._path, body=body,
                              headers={"Content-Type": content_type, "Accept": JSON_CONTENT_TYPE})
                 resp = conn.getresponse()
-                payload = resp.read()
+                payload = read_answer(resp.read1, time.monotonic() + self._timeout)  # read1: what has come
+                resp.close()  # read1 leaves a read-out response open, and the connection would refuse the next
             except BaseException as exc:
+                if resp is not None:
+                    resp.close()  # it holds the socket open after conn.close()
                 conn.close()  # half a request or answer on it: never reuse
                 if isinstance(exc, _DROPPED) and reused and attempt == 1:
                     fresh = True  # the server went away between requests (a restart): not another idle one
@@ -117,18 +121,14 @@ class LocalEndpointClient:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise BincliError(f"cannot reach endpoint {self.where}: {reason}", hint=_UNREACHABLE_HINT) from None
         if status == 200:
-            try:
-                return json.loads(payload)
-            except ValueError:
-                raise PredictError(None, f"endpoint answered {resp.getheader('Content-Type')}, "
-                                         f"not JSON") from None
+            return decode_answer(payload, resp.getheader("Content-Type"))
         raise self._error(status, resp, payload)
 
     def _error(self, status: int, resp: http.client.HTTPResponse, payload: bytes) -> Exception:
         """The error an answer other than 200 means, as boto3 surfaced it (code, message, modeled fields)."""
         try:
             error = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             error = None
         if not isinstance(error, dict):
             error = {}

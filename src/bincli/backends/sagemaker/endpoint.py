@@ -29,6 +29,7 @@ from bincli.backends.sagemaker.session import (
     aws_error,
     boto_session,
     is_not_found,
+    require_buckets_in_region,
     resource_tags,
     role_arn,
     upload_model,
@@ -333,9 +334,12 @@ def model_sha256(cfg: Config, state: State, model: Path | None) -> str | None:
 def model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> str:
     """The S3 URI of the packaged model: train's upload, else the local archive uploaded now."""
     from bincli.artifacts.modeltar import read_model_info
+    from bincli.data.s3 import parse_s3_uri
 
     train = state.outputs("train") or {}
     if model is None and cfg.deploy.model is None and train.get("model_s3"):
+        # A model in another region's bucket fails the endpoint only after it was created (and billed).
+        require_buckets_in_region([parse_s3_uri(train["model_s3"])[0]], region, err)
         return train["model_s3"]
     local = Path(model or cfg.deploy.model or train.get("model") or "")
     if not local.is_file():
@@ -346,6 +350,7 @@ def model_in_s3(cfg: Config, state: State, model: Path | None, region: str) -> s
     if not bucket:
         raise ConfigError("sagemaker.bucket: required to put the model in S3 for the endpoint",
                           hint="set sagemaker.bucket, or run 'bincli upload --s3-uri s3://bucket/prefix' first")
+    require_buckets_in_region([bucket], region, err)
     return upload_model(local, bucket, prefix, f"{cfg.deploy.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}", region)
 
 

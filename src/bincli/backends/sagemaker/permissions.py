@@ -44,7 +44,7 @@ _BILLED = "train tune deploy"
 CALLER: tuple[Permission, ...] = (
     # S3: the split, the code, checkpoints and models bincli puts there and reads back
     _p("s3:ListBucket", "buckets", "upload train tune predict", "upload lists what is there; the SDK's HeadBucket"),
-    _p("s3:GetBucketLocation", "buckets", f"{_BILLED} doctor", "every bucket must be in sagemaker.region"),
+    _p("s3:GetBucketLocation", "buckets", f"{_BILLED} predict doctor", "every bucket must be in sagemaker.region"),
     _p("s3:GetObject", "objects", "upload train predict", "HeadObject before re-uploading; jobs' models and output"),
     _p("s3:PutObject", "objects", "upload train tune deploy predict", "the split, the SDK's code, weights, models"),
     _p("s3:AbortMultipartUpload", "objects", "upload train deploy", "a failed multipart upload is cleaned up"),
