@@ -475,3 +475,71 @@ def test_the_same_split_again_keeps_its_folder_and_repairs_it(data, tmp_path):
     assert not [p for p in Path(second["manifests_dir"]).rglob(".*")]
     other = run_split(SplitConfig(input=data, layout="manifest"), work)
     assert other["manifests_dir"] != first["manifests_dir"] and not Path(first["manifests_dir"]).exists()
+
+
+# ---------------------------------------------------------------- special files, deep JSON, odd names (issue 28)
+def _hostile_folder(data: Path) -> None:
+    """Good photos and, among them: a FIFO photo, metadata linked to /dev/zero, metadata nested
+    200,000 levels deep, a name that is not UTF-8 and a name that is a spreadsheet formula."""
+    make_abid_folder(data, {1: 8, 2: 8})
+    images, meta = data / "images", data / "metadata"
+    (images / "00001.jpg").unlink()
+    os.mkfifo(images / "00001.jpg")  # opened, it would block until a writer came
+    (meta / "00002.json").unlink()
+    (meta / "00002.json").symlink_to("/dev/zero")  # read, it would never end
+    (meta / "00003.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)  # 400 KB
+    good = (images / "00004.jpg").read_bytes()
+    for stem in (b"\xff\xfe", b'=HYPERLINK("http:\\x")'):
+        with open(bytes(images) + b"/" + stem + b".jpg", "wb") as f:
+            f.write(good)
+        with open(bytes(meta) + b"/" + stem + b".json", "w") as f:
+            f.write('{"EXPECTED_QUANTITY": 1}')
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in a thread, failing the test (not hanging it) if it has not returned in time."""
+    out: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn(*args)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} still running after {seconds} s"
+    return out["value"]
+
+
+def test_split_lists_special_files_deep_metadata_and_odd_names_and_goes_on(tmp_path):
+    data = tmp_path / "data"
+    _hostile_folder(data)
+    out = _within(120, run_split, SplitConfig(input=data, classes="1-2"), tmp_path / "w")
+    reasons = {r["id"]: r["reason"] for r in out["rejected_ids"]}
+    assert reasons["images/00001.jpg"].startswith("not a regular file")
+    assert reasons["metadata/00002.json"].startswith("not a regular file")
+    assert reasons["00003"] == "metadata is nested too deeply to be ABID metadata"
+    assert reasons["images/'\\udcff\\udcfe.jpg'"].startswith("not an ABID id")
+    assert reasons["""images/'=HYPERLINK("http:\\\\x").jpg'"""].startswith("not an ABID id")
+    listed = {i for ids in _listed(out).values() for i in ids}
+    assert len(listed) == 13 and all(i.isdigit() for i in listed)  # 16 made, 00001-00003 set aside
+    manifests = "".join(Path(p).read_text() for p in out["manifests"].values())
+    assert "HYPERLINK" not in manifests
+    json.loads(Path(out["report"]).read_text())  # the report is written (and is JSON) whatever the names
+
+
+def test_inspect_lists_special_files_deep_metadata_and_odd_names_and_goes_on(tmp_path):
+    from bincli.config import Config, InspectConfig
+    from bincli.steps.data_report import run_inspect
+
+    data = tmp_path / "data"
+    _hostile_folder(data)
+    out = _within(120, run_inspect, Config(workdir=tmp_path / "w", inspect=InspectConfig(input=data)))
+    problems = {p["id"]: p["reason"] for p in out["problems"]}
+    assert problems["images/00001.jpg"].startswith("not a regular file")
+    assert problems["metadata/00002.json"].startswith("not a regular file")
+    assert problems["00003"] == "metadata is nested too deeply to be ABID metadata"
+    assert sum(why.startswith("not an ABID id") for why in problems.values()) == 4  # each name's image and json
+
+
+def test_deep_metadata_is_one_value_error_wherever_it_is_parsed():
+    """download, split and inspect parse metadata with abid.parse_metadata: one bad id, no RecursionError."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        abid.parse_metadata(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)  # 600 KB
+    with pytest.raises(ValueError, match="nested too deeply"):
+        abid.read_label(io.BytesIO(b"[" * 200_000 + b"]" * 200_000))

@@ -34,7 +34,7 @@ METADATA_DIR = "metadata"
 MAX_IMAGE_PIXELS = 25_000_000
 MAX_METADATA_BYTES = 1 << 20
 
-_ID = re.compile(r"^[0-9]{1,9}$")
+_ID = re.compile(r"^[0-9]{1,9}\Z")  # \Z: "$" would let "123\n" through
 
 
 def normalize_id(raw: str) -> str:
@@ -72,10 +72,41 @@ def metadata_rel(id_: str) -> str:
 
 def local_ids(root: Path, only: set[str] | None = None) -> tuple[dict[str, Path], dict[str, Path]]:
     """The ids of a local data root: ({id: metadata file}, {id: image file}), of `only` if given."""
-    def found(folder: str, suffix: str) -> dict[str, Path]:
-        return {p.stem: p for p in (root / folder).glob(f"*{suffix}") if only is None or p.stem in only}
+    meta, images, _ = local_files(root, only)
+    return meta, images
 
-    return found(METADATA_DIR, METADATA_SUFFIX), found(IMAGES_DIR, IMAGE_SUFFIX)
+
+def local_files(root: Path, only: set[str] | None = None
+                ) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
+    """local_ids, and {file: why it is not read} for the names that are not ABID ids (digits: a
+    name such as '=HYPERLINK(..)' never reaches a manifest) and the files that are not regular
+    (a FIFO, or a link to /dev/zero, would block or never end; checked without opening them).
+    The file is named printably (ascii(): a name that is not UTF-8 cannot be printed or stored)."""
+    import stat
+
+    bad: dict[str, str] = {}
+
+    def found(folder: str, suffix: str) -> dict[str, Path]:
+        out = {}
+        for p in (root / folder).glob(f"*{suffix}"):
+            stem = p.name[:-len(suffix)]
+            if only is not None and stem not in only:
+                continue
+            if not _ID.match(stem):
+                bad[f"{folder}/{p.name!a}"] = "not an ABID id (expected digits, e.g. 00002)"
+                continue
+            try:
+                mode = p.stat().st_mode  # follows links: where it points is what would be read
+            except OSError as exc:
+                bad[f"{folder}/{p.name}"] = f"unreadable ({exc.strerror or type(exc).__name__})"
+                continue
+            if not stat.S_ISREG(mode):
+                bad[f"{folder}/{p.name}"] = "not a regular file (a FIFO, device, socket or folder); not read"
+                continue
+            out[stem] = p
+        return out
+
+    return found(METADATA_DIR, METADATA_SUFFIX), found(IMAGES_DIR, IMAGE_SUFFIX), bad
 
 
 def id_from_key(key: str) -> str | None:
@@ -105,6 +136,8 @@ def parse_metadata(data: bytes | str) -> dict[str, Any]:
         doc = json.loads(data)
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
         raise ValueError(f"metadata is not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+    except RecursionError:  # the parser's depth limit: ABID metadata is three levels deep
+        raise ValueError("metadata is nested too deeply to be ABID metadata") from None
     label_of(doc)
     return doc
 

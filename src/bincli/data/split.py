@@ -89,8 +89,9 @@ def resolve_input(cfg_input: Path | None, state: State, command: str = "split") 
 
 def scan(root: Path, workers: int = 8, only: set[str] | None = None) -> tuple[list[Item], list[Rejected]]:
     """Read metadata and check every image (of `only`, if given). Returns (good items, rejected)."""
-    meta_files, image_files = abid.local_ids(root, only)
-    rejected = [Rejected(i, "image without metadata") for i in sorted(image_files.keys() - meta_files.keys())]
+    meta_files, image_files, bad = abid.local_files(root, only)
+    rejected = [Rejected(name, why) for name, why in bad.items()]
+    rejected += [Rejected(i, "image without metadata") for i in sorted(image_files.keys() - meta_files.keys())]
     rejected += [Rejected(i, "metadata without image") for i in sorted(meta_files.keys() - image_files.keys())]
     ids = sorted(meta_files.keys() & image_files.keys())
 
@@ -106,13 +107,17 @@ def scan(root: Path, workers: int = 8, only: set[str] | None = None) -> tuple[li
     items: list[Item] = []
     digests: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
-        for result in pool.map(check, ids):
-            if isinstance(result, Rejected):
-                rejected.append(result)
-            else:
-                item, digest = result
-                items.append(item)
-                digests[item.id] = digest
+        try:
+            for result in pool.map(check, ids):
+                if isinstance(result, Rejected):
+                    rejected.append(result)
+                else:
+                    item, digest = result
+                    items.append(item)
+                    digests[item.id] = digest
+        except BaseException:  # Ctrl-C: stop now, not after every photo queued was checked
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     # Duplicates: same bytes under two ids. Keep the first id (sorted), report the others.
     first_by_digest: dict[str, str] = {}
     unique = []

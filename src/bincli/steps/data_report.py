@@ -47,10 +47,11 @@ def run_inspect(cfg: Config, use_split: bool = False, model: Path | None = None,
     workdir = cfg.workdir
     state = State(workdir)
     root, selection = resolve_input(cfg.inspect.input, state, command="inspect")
-    meta_files, image_files = abid.local_ids(root, selection)
+    meta_files, image_files, bad = abid.local_files(root, selection)
     if not meta_files and not image_files:
         raise DataError(f"{root}: no photos and no metadata in {abid.IMAGES_DIR}/ and {abid.METADATA_DIR}/")
-    problems: dict[str, str] = {i: "image without metadata" for i in image_files.keys() - meta_files.keys()}
+    problems: dict[str, str] = dict(bad)  # names that are not ids, files that are not regular
+    problems |= {i: "image without metadata" for i in image_files.keys() - meta_files.keys()}
     problems |= {i: "metadata without image" for i in meta_files.keys() - image_files.keys()}
 
     bins: dict[str, BinFacts] = {}
