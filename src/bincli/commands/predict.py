@@ -60,29 +60,24 @@ def predict(
     }).config
     from bincli.steps.predict import outcome_error, run_predict
 
-    if out_file is not None:
+    if out_file is not None:  # many photos: answers to the file, one summary here
         from bincli.steps.batch_predict import run_batch_predict
 
-        summary = run_batch_predict(cfg, images, out_file, endpoint=endpoint, endpoint_url=endpoint_url,
-                                    model=model, expected=expected, wait=not no_wait)
-        if wants_json(json_out):
-            emit_json(summary)
-        else:
-            _render_summary(summary)
-        problem = outcome_error(summary, cfg.predict.review_exit_code)
-        if problem is not None:
-            raise problem
-        return
-    if no_wait or any(i.startswith("s3://") for i in images):
+        result = run_batch_predict(cfg, images, out_file, endpoint=endpoint, endpoint_url=endpoint_url,
+                                   model=model, expected=expected, wait=not no_wait)
+        rows, render = [result], _render_summary
+    elif no_wait or any(i.startswith("s3://") for i in images):
         raise UsageError("an S3 prefix of photos (and --no-wait) goes with --out results.jsonl: a batch job's answers "
                          "are written to a file")
-    result = run_predict(cfg, [Path(i) for i in images], endpoint=endpoint, endpoint_url=endpoint_url, model=model,
-                         expected=expected)
+    else:
+        result = run_predict(cfg, [Path(i) for i in images], endpoint=endpoint, endpoint_url=endpoint_url,
+                             model=model, expected=expected)
+        rows, render = result["results"], _render
     if wants_json(json_out):
-        for row in result["results"]:
+        for row in rows:
             emit_json(row)
     else:
-        _render(result)
+        render(result)
     problem = outcome_error(result, cfg.predict.review_exit_code)
     if problem is not None:
         raise problem
