@@ -281,3 +281,19 @@ def test_deploy_on_every_interface_warns_once(tar, tmp_path):
         taken.close()
     assert err.count("warning: deploy.host 0.0.0.0: the endpoint has no authentication") == 1, err
     assert proc.returncode != 0 and "cannot listen" in err  # then the taken port stops it: no server started
+
+
+def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_closed(model):
+    """RFC 9112 6.1: the smuggled second request behind it never gets an answer."""
+    smuggled = b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n"
+    chunked = b"0\r\n\r\n" + smuggled
+    with ServerThread(model, name="smuggle") as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: " + str(len(chunked)).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunked)
+        status, headers, body = read_answer(sock)
+        assert status == 400 and headers["connection"] == "close"
+        assert "both Content-Length and Transfer-Encoding" in json.loads(body)["error"]
+        assert closed_by_server(sock)  # no second answer (to the smuggled GET) comes
+        assert httpx.get(f"{srv.url}/ping").status_code == 200  # the server goes on

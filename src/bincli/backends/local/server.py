@@ -423,19 +423,32 @@ def _protocol_class():
                 self.transport.close()
 
         async def admit(self, scope, receive, send) -> None:
+            names = {name.lower() for name, _ in scope.get("headers", ())}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # RFC 9112 6.1: the two framings disagree on where this request ends, so what follows
+                # it (a smuggled request) must never be read as a next one: refuse and close.
+                log.warning("%s %s 400: both Content-Length and Transfer-Encoding", scope.get("method"),
+                            scope.get("path"))
+                await self.refuse(send, 400, "both Content-Length and Transfer-Encoding: the request's end "
+                                             "is ambiguous (RFC 9112 6.1)")
+                return
             limit = self.max_connections
             if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
                 log.warning("%s %s 503: over deploy.max_connections (%d)", scope.get("method"), scope.get("path"),
                             limit)
-                body = json.dumps({"error": f"endpoint busy: over {limit} connections "
-                                            f"(deploy.max_connections); retry later"}).encode()
-                await send({"type": "http.response.start", "status": 503,
-                            "headers": [(b"content-type", JSON_CONTENT_TYPE.encode()),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"retry-after", b"1"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": body})
+                await self.refuse(send, 503, f"endpoint busy: over {limit} connections "
+                                             f"(deploy.max_connections); retry later", [(b"retry-after", b"1")])
                 return
             await self.inner_app(scope, receive, send)
+
+        async def refuse(self, send, status: int, error: str, extra: list | None = None) -> None:
+            """A JSON refusal, and the connection closed after it."""
+            body = json.dumps({"error": error}).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", JSON_CONTENT_TYPE.encode()),
+                                    (b"content-length", str(len(body)).encode()),
+                                    *(extra or []), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
 
     return Protocol
 
