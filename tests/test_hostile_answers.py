@@ -142,3 +142,32 @@ def test_a_photo_over_the_request_limit_is_refused_before_it_is_read_or_sent(tmp
     assert result.exit_code == 1, result.output
     [answer] = [json.loads(line) for line in result.stdout.splitlines()]
     assert answer["status"] == 413 and "1024.0 MB is over the 6 MB per request" in answer["error"]
+
+
+def refusal(status: int, error: dict, error_type: str | None = None):
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        payload = json.dumps(error).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        if error_type:
+            h.send_header("x-amzn-ErrorType", error_type)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+
+    return answer
+
+
+@pytest.mark.parametrize("answer", [
+    refusal(424, {"OriginalStatusCode": 415, "OriginalMessage": "\x1b[2J\x1b[31mpwned\r\u202eok\x07"},
+            "ModelError:http://internal.amazon.com/coral/com.amazon.sagemaker/"),
+    refusal(500, {"message": "\x1b[2J\x1b[31mpwned\r\u202eok\x07"}),
+], ids=["photo refused", "endpoint error"])
+def test_text_an_endpoint_wrote_reaches_the_terminal_without_control_characters(tmp_path, in_tmp, answer):
+    with HostileEndpoint(answer) as srv:
+        result = _predict(tmp_path, srv.url)
+    assert result.exit_code == 1, result.output
+    for raw in ("\x1b", "\r", "\u202e", "\x07"):
+        assert raw not in result.output
+    shown = result.output.replace("\\\\", "\\")  # --json doubles the backslashes of its lines
+    assert "\\x1b[2J\\x1b[31mpwned\\x0d\\u202eok\\x07" in shown

@@ -11,6 +11,7 @@ only when a client is built, so a cold `bincli predict` answers fast. A body ove
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
 from bincli.core.contract import JSON_CONTENT_TYPE
@@ -40,10 +41,24 @@ class PredictError(Exception):
         self.message = message
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: Any, limit: int = 300) -> str:
+    """What a remote party wrote, safe for a terminal: control characters (escape sequences, carriage
+    returns, bidi overrides) shown as \\xNN / \\uNNNN, and at most `limit` characters."""
+    text = str(text)[:limit]
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
 def runtime_error(where: str, code: str, message: str, original_status: Any = None,
                   original_message: str | None = None) -> Exception:
     """The error a runtime-API refusal means, for either runtime client: ModelError is the model's container
-    refusing this image (PredictError with its own status and message); "Endpoint X not found." a wrong name."""
+    refusing this image (PredictError with its own status and message); "Endpoint X not found." a wrong name.
+    Every text the endpoint wrote goes through printable()."""
+    code, message = printable(code, 80), printable(message)
+    original_message = printable(original_message) if original_message is not None else None
     if code == "ModelError":
         return PredictError(int(original_status) if original_status else None, original_message or message)
     if code == "ValidationError" and "not found" in message.lower():
@@ -77,10 +92,10 @@ def decode_answer(payload: bytes, content_type: str | None) -> dict[str, Any]:
     try:
         answer = json.loads(payload)
     except (ValueError, RecursionError):
-        raise PredictError(None, f"endpoint answered {content_type}, not JSON") from None
+        raise PredictError(None, f"endpoint answered {printable(content_type, 80)}, not JSON") from None
     problem = answer_problem(answer)
     if problem:
-        raise PredictError(None, f"endpoint's answer is not a count: {problem}")
+        raise PredictError(None, f"endpoint's answer is not a count: {printable(problem)}")
     return answer
 
 
