@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bincli.backends.sagemaker.pricing import ON_DEMAND_USD_PER_HOUR, hourly_price, job_cost
-from bincli.config import load_config
+from bincli.config import SageMakerConfig, load_config
 from bincli.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +71,16 @@ def test_a_job_in_a_region_without_a_price_says_so_and_totals_stay_unknown():
     unbilled = training_cost({"ResourceConfig": job["ResourceConfig"]}, "eu-west-1", _sagemaker())
     assert total_cost([priced, unbilled])["usd"] == priced["usd"]
     assert cost_line(unbilled, "training job k") == "training job k: SageMaker reported no billable time"
+
+
+def test_an_endpoints_instance_hours_so_far_and_their_cost():
+    from datetime import UTC, datetime, timedelta
+
+    from bincli.backends.sagemaker.pricing import endpoint_cost
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    cost = endpoint_cost(now - timedelta(hours=3), 2, "ml.m5.large", "us-east-1", SageMakerConfig(), now=now)
+    assert (cost["instance_hours"], cost["usd_per_hour"], cost["usd"]) == (6.0, 0.115, 0.69)
+    assert endpoint_cost(now, None, None, "us-east-1", SageMakerConfig(), now=now) is None  # serverless
+    unknown = endpoint_cost(now - timedelta(hours=1), 1, "ml.x9.huge", "us-east-1", SageMakerConfig(), now=now)
+    assert unknown["instance_hours"] == 1.0 and unknown["usd"] is None

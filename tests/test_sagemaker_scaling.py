@@ -103,8 +103,10 @@ def test_autoscaling_is_registered_read_back_shown_by_status_and_removed_by_tear
     row = next(r for r in json.loads(status.stdout)["steps"] if r["step"] == "deploy")
     assert row["endpoint"]["status"] == "InService"
     assert (row["endpoint"]["instances"], row["endpoint"]["desired_instances"]) == (2, 2)
+    cost = row["endpoint"]["cost_so_far"]  # what it has run so far, while it bills
+    assert cost["instance_type"] == "ml.m5.large" and cost["usd_per_hour"] == 0.115 and cost["instance_hours"] >= 0
     shown = runner.invoke(app, ["status", *args])
-    assert "instances=2 (desired 2)" in shown.output
+    assert "instances=2 (desired 2)" in shown.output and "instance-hours of ml.m5.large" in shown.output
 
     down = runner.invoke(app, ["teardown", *args])
     assert down.exit_code == 0, down.output
@@ -185,6 +187,7 @@ def test_serverless_endpoint_config_limits_and_status(sagemaker_env, tmp_path, i
     status = runner.invoke(app, ["status", *args, "--json"])
     row = next(r for r in json.loads(status.stdout)["steps"] if r["step"] == "deploy")
     assert row["endpoint"]["serverless"]["MemorySizeInMB"] == 3072
+    assert "cost_so_far" not in row["endpoint"]  # billed per request, not per instance-hour
 
     assert runner.invoke(app, ["teardown", *args]).exit_code == 0
     assert _names(sm, name) == {"endpoints": [], "configs": [], "models": []}

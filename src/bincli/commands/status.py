@@ -129,4 +129,8 @@ def _endpoint_cells(endpoint: dict[str, Any] | None) -> tuple[dict[str, Any], st
         cells["instances"] = f"{endpoint.get('instances')} (desired {endpoint.get('desired_instances')})"
     if endpoint.get("failure_reason"):
         cells["failure"] = endpoint["failure_reason"]
+    cost = endpoint.get("cost_so_far")
+    if cost:  # what a real-time SageMaker endpoint has run so far, while it bills
+        usd = f", ${cost['usd']:.2f} at ${cost['usd_per_hour']}/h" if cost.get("usd") is not None else ""
+        cells["billed_so_far"] = f"{cost['instance_hours']} instance-hours of {cost['instance_type']}{usd}"
     return cells, None if alive is None else ("alive" if alive else "not answering")

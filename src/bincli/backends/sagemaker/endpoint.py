@@ -127,6 +127,11 @@ def endpoint_status(cfg: Config) -> dict[str, Any] | None:
         out["serverless"] = variant["CurrentServerlessConfig"]
     if desc.get("FailureReason"):
         out["failure_reason"] = desc["FailureReason"]
+    if not variant.get("CurrentServerlessConfig"):  # instance-hours so far (serverless bills per request)
+        from bincli.backends.sagemaker.pricing import endpoint_cost
+
+        out["cost_so_far"] = endpoint_cost(desc.get("CreationTime"), variant.get("CurrentInstanceCount"),
+                                           record.get("instance_type"), sm.meta.region_name, cfg.sagemaker)
     return out
 
 

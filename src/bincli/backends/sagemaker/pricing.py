@@ -80,3 +80,19 @@ def cost_line(cost: Mapping[str, Any], what: str) -> str:
         return f"{what}: billed {seconds} s{where}{spot}; no price known for it (set sagemaker.prices)"
     rate = f" at ${cost['usd_per_hour']}/h" if cost.get("usd_per_hour") is not None else ""
     return f"{what}: billed {seconds} s{where}{spot}: ${cost['usd']:.3f}{rate} ({cost['price_from']})"
+
+
+def endpoint_cost(created: Any, instance_count: int | None, instance_type: str | None, region: str | None,
+                  cfg: Any, now: Any = None) -> dict[str, Any] | None:
+    """A real-time endpoint's instance-hours since it was created, at its current instance count
+    (autoscaling may have run more or fewer for a while: an estimate), and their cost. None for a
+    serverless endpoint (billed per request) or when SageMaker gives no creation time."""
+    from datetime import UTC, datetime
+
+    if created is None or not instance_count or not instance_type:
+        return None
+    hours = max(0.0, ((now or datetime.now(UTC)) - created).total_seconds() / 3600) * instance_count
+    price = hourly_price(instance_type, region, cfg)
+    return {"instance_hours": round(hours, 2), "instance_type": instance_type, "usd_per_hour": price,
+            "usd": round(hours * price, 2) if price is not None else None,
+            "price_from": price_source(instance_type, region, cfg) if price is not None else None}
