@@ -408,3 +408,87 @@ def test_load_model_extracts_inside_the_workdir(tmp_path, model_dir):
         import shutil
 
         shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------- a graph that never ends (issue 28, item 4)
+def _looping_archive(base) -> typing.Any:
+    """model_tar's archive with its model.onnx replaced by a graph of the same input and output whose
+    Loop runs 10^15 times (what the probe and every forward pass would spin on)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serving_support import model_tar
+
+    src = model_tar(base)
+    out = base / "looping-model.tar.gz"
+    if out.is_file():
+        return out
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    original = onnx.load_from_string(next(data for m, data in members if m.name == "model.onnx"))
+    inp, outp = original.graph.input[0], original.graph.output[0]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])])
+    classes = outp.type.tensor_type.shape.dim[1].dim_value or 5
+    graph = helper.make_graph([
+        helper.make_node("Cast", [inp.name], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["xf"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["l0"]),
+        helper.make_node("ReduceSum", ["m"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["v0"]),  # depends on the input: nothing to fold away
+        helper.make_node("Loop", ["trips", "yes", "v0"], ["v"], body=body),
+        helper.make_node("Add", ["l0", "v"], [outp.name]),
+    ], "looping", [inp], [outp], initializer=[
+        numpy_helper.from_array(np.ones((3, classes), np.float32), "w"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(10**15, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "yes")])
+    looping = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tarfile.open(out, "w:gz") as tar:
+        for m, data in members:
+            if m.name == "model.onnx":
+                data = looping.SerializeToString()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_predict_model_with_a_looping_graph_stops_at_the_startup_timeout_and_on_ctrl_c(tmp_path_factory, tmp_path):
+    """In a child process: the spinning native thread is left to the process's exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tar = _looping_archive(tmp_path_factory.getbasetemp())
+    photo = tmp_path / "bin.jpg"
+    make_bin_image(photo, 2)
+    bincli = [sys.executable, "-m", "bincli", "predict", str(photo), "--model", str(tar), "-w", str(tmp_path / "w")]
+    env = {**os.environ, "BINCLI_RUNTIME": "onnxruntime,eager"}
+    t0 = time.monotonic()
+    done = subprocess.run([*bincli, "--set", "deploy.startup_timeout=5"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"loading and warming up {tar}: not done within 5 s; stopped" in done.stderr
+    assert time.monotonic() - t0 < 60
+
+    proc = subprocess.Popen(bincli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import psutil
+
+        deadline = time.monotonic() + 60
+        while psutil.Process(proc.pid).cpu_times().user < 8:  # past the imports and the load: spinning
+            assert proc.poll() is None and time.monotonic() < deadline, "never reached the graph"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)  # before: only SIGKILL stopped it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, proc.stderr.read()

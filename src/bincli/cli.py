@@ -125,7 +125,16 @@ app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
-    app(prog_name="bincli")
+    code: object = 0
+    try:
+        app(prog_name="bincli")
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    finally:
+        from bincli.steps.bounded import exit_if_abandoned
+
+        exit_if_abandoned(code)
 
 
 if __name__ == "__main__":

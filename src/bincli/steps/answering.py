@@ -76,6 +76,7 @@ def _remote(predictor: Any, paths: Sequence[Path], concurrency: int) -> Iterator
 
 def _in_process(predictor: Any, paths: Sequence[Path]) -> Iterator[tuple[int, dict[str, Any]]]:
     from bincli.core import inference
+    from bincli.steps.bounded import bounded
 
     for start in range(0, len(paths), BATCH_SIZE):
         t0 = time.perf_counter()
@@ -89,8 +90,9 @@ def _in_process(predictor: Any, paths: Sequence[Path]) -> Iterator[tuple[int, di
                 yield i, {"error": exc.message, "status": exc.status_code}
             except PhotoRefused as exc:
                 yield i, {"error": exc.message, "status": exc.status}
-        if images:
-            batch = inference.predict_fn(images, predictor.model)
+        if images:  # bounded: a forward pass that never ends (a looping graph) stops at the timeout and on Ctrl-C
+            batch = bounded(lambda images=images: inference.predict_fn(images, predictor.model),
+                            getattr(predictor, "timeout", 30.0), f"the forward pass of {len(images)} photo(s)")
             ms = _ms_since(t0) / len(images)
             for i, answer in zip(slots, batch, strict=True):
                 yield i, {**answer, "ms": round(ms, 1)}

@@ -71,12 +71,27 @@ class InProcessPredictor:
 
     in_process = True  # answering.answers batches its forward passes instead of one request each
 
-    def __init__(self, model_tar: Path, workdir: Path | None = None):
+    def __init__(self, model_tar: Path, workdir: Path | None = None, startup_timeout: float = 120.0,
+                 timeout: float = 30.0):
         from bincli.artifacts.loader import load_model, warm_up
+        from bincli.steps.bounded import bounded
 
-        self.where = str(model_tar)
-        self.model, self._tmp = load_model(Path(model_tar), workdir)  # extracted inside workdir
-        warm_up(self.model)
+        self.where, self.timeout = str(model_tar), timeout  # timeout: each batch's forward pass
+
+        def load():
+            model, tmp = load_model(Path(model_tar), workdir)  # extracted inside workdir
+            self._tmp = tmp
+            warm_up(model)
+            return model
+
+        self._tmp = None
+        try:  # deploy's start-up check (deploy.startup_timeout): a graph that never ends is refused here too
+            self.model = bounded(load, startup_timeout, f"loading and warming up {model_tar}",
+                                 hint="the model's graph may loop; a slow machine may need "
+                                      "--set deploy.startup_timeout=300")
+        except BaseException:
+            self.close()
+            raise
 
     def invoke(self, body: bytes, content_type: str) -> dict[str, Any]:
         from bincli.core import inference
@@ -90,7 +105,8 @@ class InProcessPredictor:
     def close(self) -> None:
         import shutil
 
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> InProcessPredictor:
         return self
@@ -105,7 +121,7 @@ def open_predictor(cfg: Config, endpoint: str | None = None, endpoint_url: str |
     if model is not None:
         if endpoint or endpoint_url:
             raise UsageError("--model predicts in-process: do not combine it with --endpoint/--endpoint-url")
-        return InProcessPredictor(Path(model), cfg.workdir)
+        return InProcessPredictor(Path(model), cfg.workdir, cfg.deploy.startup_timeout, cfg.predict.timeout)
     from bincli.backends import get_backend
 
     return get_backend(cfg).runtime_client(endpoint or cfg.predict.endpoint, endpoint_url or cfg.predict.endpoint_url)
