@@ -68,7 +68,7 @@ def deploy(cfg: Config, model: Path | None = None, update: bool = False, foregro
 
     model_info = read_model_info(model_tar)  # checks the archive before anything starts
     host, port, replaced = d.host, d.port, None
-    existing = state.outputs("deploy")
+    existing = settle_starting(cfg, state)
     if existing is not None:
         if is_running(existing):
             if existing.get("url") is None:
@@ -308,9 +308,39 @@ def teardown(cfg: Config, name: str | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- for predict / evaluate
+def settle_starting(cfg: Config, state: State) -> dict[str, Any] | None:
+    """The deploy record, with one left "starting" by a deploy that was killed while it waited settled:
+    completed when every server it started answers /ping at the URL its runtime file gives, forgotten
+    when none of them runs any more; left as it is while a server runs but does not answer yet."""
+    record = state.outputs("deploy")
+    if record is None or not record.get("starting") or record.get("url") is not None:
+        return record
+    if not is_running(record):
+        state.forget("deploy")
+        info(f"endpoint '{record['name']}': its deploy was stopped while it started and no server of it runs; "
+             "cleared its record")
+        return None
+    ep_dir = endpoint_dir(cfg.workdir, record["name"])
+    runtimes = []
+    for i in range(len(servers_of(record))):
+        try:
+            runtime = json.loads((ep_dir / RUNTIME_FILE.format(i)).read_text())
+        except (OSError, ValueError):
+            return record
+        if not isinstance(runtime, dict) or not ping(str(runtime.get("url") or "")):
+            return record
+        runtimes.append(runtime)
+    done = {k: v for k, v in record.items() if k != "starting"}
+    done.update(port=runtimes[0]["port"], url=runtimes[0]["url"])
+    state.record("deploy", done, (state.step("deploy") or {}).get("config"))
+    info(f"endpoint '{record['name']}' is up at {done['url']} (its deploy was stopped before it saw that); "
+         "recorded it")
+    return done
+
+
 def running_endpoint(cfg: Config, name: str | None = None) -> dict[str, Any]:
     """The state record of the endpoint to call, checked to be up; StateError if there is none."""
-    record = State(cfg.workdir).outputs("deploy")
+    record = settle_starting(cfg, State(cfg.workdir))
     if record is None:
         raise StateError(f"no endpoint: none is deployed in {cfg.workdir}",
                          hint="run 'bincli deploy' first, or pass --model model.tar.gz to predict in-process")
