@@ -543,3 +543,28 @@ def test_deep_metadata_is_one_value_error_wherever_it_is_parsed():
         abid.parse_metadata(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)  # 600 KB
     with pytest.raises(ValueError, match="nested too deeply"):
         abid.read_label(io.BytesIO(b"[" * 200_000 + b"]" * 200_000))
+
+
+def test_ctrl_c_stops_splits_scan_at_once_not_after_every_queued_photo(tmp_path, monkeypatch):
+    """Ctrl-C reaches the main thread while a worker is stuck on a photo (a slow disk, a network
+    mount): split stops at once (before, leaving the pool waited for the stuck read to end)."""
+    import time
+
+    from bincli.data import split
+
+    data = tmp_path / "data"
+    make_abid_folder(data, {1: 8, 2: 8})
+    real, checked = split._check_image, []
+
+    def check(path):
+        checked.append(path.name)
+        if len(checked) == 1:
+            raise KeyboardInterrupt  # as the first answer reaches the main thread
+        time.sleep(5)  # a read that takes long (a stalled mount)
+        return real(path)
+
+    monkeypatch.setattr(split, "_check_image", check)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        split.scan(data, workers=2)
+    assert time.monotonic() - t0 < 3 and len(checked) <= 3  # the queued ones are never started

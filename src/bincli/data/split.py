@@ -106,18 +106,19 @@ def scan(root: Path, workers: int = 8, only: set[str] | None = None) -> tuple[li
 
     items: list[Item] = []
     digests: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
-        try:
-            for result in pool.map(check, ids):
-                if isinstance(result, Rejected):
-                    rejected.append(result)
-                else:
-                    item, digest = result
-                    items.append(item)
-                    digests[item.id] = digest
-        except BaseException:  # Ctrl-C: stop now, not after every photo queued was checked
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = ThreadPoolExecutor(max_workers=workers)  # Pillow decodes without the GIL
+    try:
+        for result in pool.map(check, ids):
+            if isinstance(result, Rejected):
+                rejected.append(result)
+            else:
+                item, digest = result
+                items.append(item)
+                digests[item.id] = digest
+    except BaseException:  # Ctrl-C: stop now, neither after the queued photos nor a stuck read
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()  # not `with`: its exit would wait for a stuck worker after Ctrl-C
     # Duplicates: same bytes under two ids. Keep the first id (sorted), report the others.
     first_by_digest: dict[str, str] = {}
     unique = []

@@ -204,7 +204,8 @@ def survey(images: dict[str, Path], cache: FactsCache, workers: int = 4,
         return id_, path, size, mtime, known.get(digest) or facts_of_bytes(data)
 
     batch: list[tuple[str, int, int, Facts]] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashing and decoding release the GIL
+    pool = ThreadPoolExecutor(max_workers=workers)  # hashing and decoding release the GIL
+    try:
         for n, (id_, path, size, mtime, result) in enumerate(pool.map(compute, todo), 1):
             if isinstance(result, str):
                 unreadable[id_] = result
@@ -216,6 +217,10 @@ def survey(images: dict[str, Path], cache: FactsCache, workers: int = 4,
                 batch = []
             if progress:
                 progress(n, len(todo))
+    except BaseException:  # Ctrl-C: stop now, neither after the queued photos nor a stuck read
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()  # not `with`: its exit would wait for a stuck worker after Ctrl-C
     if batch:
         cache.add(batch)
     return Survey(out, unreadable, len(todo))
