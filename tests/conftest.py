@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import aws_request_shapes
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BINCLI_SHARED", ROOT.parent / "shared"))
 ABID_SAMPLE = SHARED / "abid-sample"
@@ -16,6 +18,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs 2 workers on 2 cores: one torch/OpenMP thread each (and in the processes they
     # start), or the thread pools thrash (the blobs training test took 145 s instead of 26 s).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# Every AWS request any test sends is checked against botocore's service model (tests/aws_request_shapes.py):
+# a name, tag or value AWS would refuse fails the test that sent it, though moto took it.
+aws_request_shapes.install()
+
+
+@pytest.fixture(autouse=True)
+def _requests_aws_would_take():
+    aws_request_shapes.VIOLATIONS.clear()
+    yield
+    broken, aws_request_shapes.VIOLATIONS[:] = list(aws_request_shapes.VIOLATIONS), []
+    assert not broken, "requests AWS would refuse (botocore's service model):\n" + "\n".join(broken[:20])
 
 
 @pytest.fixture(autouse=True)
@@ -129,9 +144,10 @@ def uploaded(sagemaker_env, tmp_path):
 # the TorchServe stack and the trained models, are made once, not once per worker), and starting with
 # the long ones keeps one worker from finishing a long module alone at the end. Only the order depends
 # on this list; a module missing from it runs after these, in the usual order.
-LONGEST_FIRST = ("test_pipeline", "test_runs", "test_core_engine", "test_download", "test_sagemaker_tune",
-                 "test_sagemaker_account", "test_train", "test_sagemaker_job", "test_serving_stack",
-                 "test_sagemaker_train", "test_core_train", "test_tune", "test_predict", "test_hostile_serving",
+LONGEST_FIRST = ("test_core_engine", "test_sagemaker_scaling", "test_pipeline", "test_runs", "test_sagemaker_endpoint",
+                 "test_sagemaker_multihost", "test_sagemaker_job", "test_download", "test_inspect", "test_train",
+                 "test_core_train", "test_sagemaker_account", "test_sagemaker_tune", "test_sagemaker_preflight",
+                 "test_loadtest", "test_sagemaker_train", "test_serving_stack", "test_predict", "test_hostile_serving",
                  "test_runtimes")
 
 

@@ -276,7 +276,7 @@ def test_a_run_name_with_a_newline_or_outside_the_alphabet_is_refused(name):
 def test_a_train_that_fails_before_training_leaves_no_empty_run(tmp_path):
     record_split(tmp_path, make_split(tmp_path / "split", {"train": 2, "valid": 1, "test": 1}, "1-5", size=32))
     cfg = Config(workdir=tmp_path, train=TrainConfig(device="cuda", epochs=1))
-    with pytest.raises(ConfigError, match="train.device: cuda"):
+    with pytest.raises(ConfigError, match=r"train\.device: cuda"):
         run_train(cfg, console=Console(file=io.StringIO()))
     assert runs.list_runs(tmp_path) == []  # not train1 holding only its config.yaml
     assert not (tmp_path / "runs" / "train1").exists()

@@ -9,22 +9,31 @@ import time
 import uuid
 
 import boto3
+import pytest
 
 from aws_standins import refuse
+from bincli.backends.sagemaker import job_logs
 from bincli.backends.sagemaker.job_logs import LOG_GROUP, MAX_SKIP, JobLogs
 
 EVENT = "before-call.cloudwatch-logs.FilterLogEvents"
 
 
+@pytest.fixture(autouse=True)
+def _own_log_group(monkeypatch):
+    """A log group of this test's own: moto's FilterLogEvents ignores logStreamNamePrefix, so other
+    tests' training jobs (same moto server, same group) would show in this one's view."""
+    monkeypatch.setattr(job_logs, "LOG_GROUP", f"{LOG_GROUP}-{uuid.uuid4().hex[:8]}")
+
+
 def _job_with_lines(lines: list[str]) -> str:
     logs = boto3.client("logs")
     with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
-        logs.create_log_group(logGroupName=LOG_GROUP)
+        logs.create_log_group(logGroupName=job_logs.LOG_GROUP)
     job = f"bincli-{uuid.uuid4().hex[:8]}"
     now_ms = int(time.time() * 1000)  # CloudWatch (and moto) refuse events older than 14 days
     stream = f"{job}/algo-1-{now_ms // 1000}"
-    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
-    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream,
+    logs.create_log_stream(logGroupName=job_logs.LOG_GROUP, logStreamName=stream)
+    logs.put_log_events(logGroupName=job_logs.LOG_GROUP, logStreamName=stream,
                         logEvents=[{"timestamp": now_ms + i, "message": m} for i, m in enumerate(lines)])
     return job
 

@@ -132,11 +132,17 @@ def test_off_a_terminal_the_step_is_shown_at_most_every_interval():
 
 
 # ---------------------------------------------------------------- end to end
-def test_resume_with_training_flags_is_refused_not_ignored(in_tmp):
-    result = runner.invoke(app, ["train", "-w", "w", "--resume", "train1", "--epochs", "10", "--lr", "0.01"])
+def test_resume_with_a_flag_that_changes_the_runs_settings_is_refused_not_ignored(tmp_path):
+    from bincli.steps import runs
+
+    record_split(tmp_path, make_split(tmp_path / "split", {"train": 2, "valid": 1, "test": 1}, "1-5", size=32))
+    run = runs.choose(tmp_path, {"epochs": 1}, run_name="exp")
+    fingerprint = runs.split_fingerprint(State(tmp_path).outputs("split"))
+    runs.write_config(run, TrainConfig(epochs=1, lr=0.01).model_dump(mode="json"), {"epochs": 1}, False, fingerprint)
+    result = runner.invoke(app, ["train", "-w", str(tmp_path), "--resume", "exp", "--epochs", "10", "--lr", "0.01"])
     assert result.exit_code == 2
-    assert "--resume train1 continues that run with the settings it started with; --epochs, --lr would change" \
-        in result.stderr and "train without --resume" in result.stderr
+    assert "--resume exp continues that run with the settings it started with; --epochs 10 would change them" \
+        in result.stderr and "train without --resume" in result.stderr  # --lr 0.01 is the run's own: no change
 
 
 def test_train_needs_a_split(in_tmp):

@@ -10,7 +10,6 @@ from bincli.commands import train_options as t
 from bincli.commands.common import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, finish, load
 from bincli.commands.preflight_options import SkipPreflightOpt, YesOpt, preflight_flags
 from bincli.console import out
-from bincli.errors import UsageError
 
 
 @t.with_training_flags()
@@ -48,19 +47,15 @@ def train(
     Example: bincli train --epochs 3 --image-size 128 --no-pretrained
     """
     flags = t.train_flags(**(training or {}))
-    given = [flag for flag, value in flags.values() if value is not None]
-    if resume and given:  # a resumed run keeps the settings it started with: say so, do not drop them
-        raise UsageError(f"--resume {resume} continues that run with the settings it started with; "
-                         f"{', '.join(given)} would change them",
-                         hint=f"leave out {', '.join(given)} to resume, or train without --resume: a new run "
-                              "with these settings (--run-name NAME to name it)")
+    given = [key.split(".", 1)[1] for key, (_, value) in flags.items() if value is not None]
     loaded = load(config, workdir, sets, {**flags, **preflight_flags(skip_preflight)})
     from bincli.steps.preflight import check_before
     from bincli.steps.train import run_train
 
     check_before(loaded.config, ["train"], yes=yes)
 
-    finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait, run_name=run_name, resume=resume),
+    finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait, run_name=run_name, resume=resume,
+                     flags_given=given),
            json_out, _render)
 
 

@@ -11,7 +11,7 @@ both to `<workdir>/model/` and `<workdir>/report/` (the latest finished run) and
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from bincli.config import Config, TrainConfig
 from bincli.core.contract import METRICS_FILE
 from bincli.core.fileio import file_sha256
 from bincli.core.metrics import SUMMARY
-from bincli.errors import BincliError, DataError, StateError
+from bincli.errors import BincliError, DataError, StateError, UsageError
 from bincli.hyperparameters import hyperparameters_from
 from bincli.layout import MODEL_TAR, REPORT_DIR, under
 from bincli.state import State
@@ -30,7 +30,7 @@ from bincli.steps.leakage import check_split_is_disjoint, record_training_split
 
 def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait: bool = True,
               console=None, live: bool | None = None, run_name: str | None = None,
-              resume: str | None = None) -> dict[str, Any]:
+              resume: str | None = None, flags_given: Sequence[str] = ()) -> dict[str, Any]:
     """The whole step. Returns the result (also recorded in state as 'train').
 
     `run_name`: train into that run (a new one, or an existing one with the same settings);
@@ -59,7 +59,15 @@ def run_train(cfg: Config, *, from_tune: bool = False, fresh: bool = False, wait
     if resume:
         chosen = runs.choose(workdir, {}, resume=resume, run_name=run_name)
         hp, from_tune = runs.saved_hyperparameters(chosen, split_fp, hyperparameters_from(cfg.train))
-        train_section = (runs.read_config(chosen.dir) or {}).get("train") or train_section
+        saved = (runs.read_config(chosen.dir) or {}).get("train") or {}
+        changed = [f"--{k.replace('_', '-')} {train_section[k]}" for k in flags_given
+                   if k in saved and saved[k] != train_section.get(k)]
+        if changed:  # the run keeps the settings it started with: say so, do not drop the flags silently
+            raise UsageError(f"--resume {chosen.name} continues that run with the settings it started with; "
+                             f"{', '.join(changed)} would change them",
+                             hint="leave them out to resume, or train without --resume: a new run with these "
+                                  "settings (--run-name NAME to name it)")
+        train_section = saved or train_section
     else:
         hp = hyperparameters_from(cfg.train, tuned_hyperparameters(state) if from_tune else None)
         hp["classes"] = split["classes"]
