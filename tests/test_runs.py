@@ -179,8 +179,11 @@ def test_cli_run_name_fresh_and_resume(work):
     assert "run 'exp'" in clash.stderr and "--lr 0.001 -> 0.01" in clash.stderr and "--fresh" in clash.stderr
     assert _sha(work / "runs" / "exp" / "model.tar.gz") == before  # nothing touched
 
-    # --resume RUN: that run with its own settings (a finished one: its model again), whatever flags say
-    resumed = _bincli(work, "train", "--resume", "exp", *TINY_FLAGS, "--lr", "0.5", "--json")
+    # --resume RUN: that run with its own settings (a finished one: its model again); a flag that would
+    # change them is refused, not dropped; flags equal to the run's own are fine
+    changed = _bincli(work, "train", "--resume", "exp", *TINY_FLAGS, "--lr", "0.5", "--json")
+    assert changed.returncode == 2 and "--lr 0.5 would change them" in changed.stderr
+    resumed = _bincli(work, "train", "--resume", "exp", *TINY_FLAGS, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["hyperparameters"]["lr"] == 0.001 and "nothing to resume" in resumed.stderr
     missing = _bincli(work, "train", "--resume", "nope")
