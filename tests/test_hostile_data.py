@@ -556,9 +556,11 @@ def test_ctrl_c_stops_splits_scan_at_once_not_after_every_queued_photo(tmp_path,
     make_abid_folder(data, {1: 8, 2: 8})
     real, checked = split._check_image, []
 
+    first = min(p.name for p in (data / "images").glob("*.jpg"))  # the photo scan answers first (id order)
+
     def check(path):
         checked.append(path.name)
-        if len(checked) == 1:
+        if path.name == first:  # by name, not by call: the other worker may start before this one
             raise KeyboardInterrupt  # as the first answer reaches the main thread
         time.sleep(5)  # a read that takes long (a stalled mount)
         return real(path)

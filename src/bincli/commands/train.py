@@ -54,9 +54,9 @@ def train(
 
     check_before(loaded.config, ["train"], yes=yes)
 
+    resumed = {"flags_given": given} if resume else {}  # only a resumed run compares them with its own
     finish(run_train(loaded.config, from_tune=from_tune, fresh=fresh, wait=wait, run_name=run_name, resume=resume,
-                     flags_given=given),
-           json_out, _render)
+                     **resumed), json_out, _render)
 
 
 def _render(result: dict[str, Any]) -> None:
